@@ -1,0 +1,99 @@
+{{/* Chart name, truncated to the 63 characters a label value allows. */}}
+{{- define "ailake-reconciler.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: <release>-<chart>, or the release name when it already contains the chart name. */}}
+{{- define "ailake-reconciler.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "ailake-reconciler.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Standard labels (app.kubernetes.io/*), on every object. */}}
+{{- define "ailake-reconciler.labels" -}}
+helm.sh/chart: {{ include "ailake-reconciler.chart" . }}
+{{ include "ailake-reconciler.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: ailake-reconciler
+{{- end }}
+
+{{/* Selector labels: stable across upgrades. */}}
+{{- define "ailake-reconciler.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "ailake-reconciler.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "ailake-reconciler.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "ailake-reconciler.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "ailake-reconciler.image" -}}
+{{- $tag := default .Chart.AppVersion .Values.image.tag }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{- define "ailake-reconciler.leaseName" -}}
+{{- default (include "ailake-reconciler.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* Directory the reconciler reads manifests from. */}}
+{{- define "ailake-reconciler.manifestsPath" -}}
+{{- if .Values.gitSync.enabled }}
+{{- $path := printf "%s/%s" (trimSuffix "/" .Values.gitSync.root) .Values.gitSync.link }}
+{{- if .Values.gitSync.subdir }}
+{{- printf "%s/%s" $path (trimAll "/" .Values.gitSync.subdir) }}
+{{- else }}
+{{- $path }}
+{{- end }}
+{{- else }}
+{{- .Values.manifests.mountPath }}
+{{- end }}
+{{- end }}
+
+{{- define "ailake-reconciler.pvcName" -}}
+{{- default (printf "%s-state" (include "ailake-reconciler.fullname" .)) .Values.persistence.existingClaim }}
+{{- end }}
+
+{{/* Value checks the JSON schema cannot express. */}}
+{{- define "ailake-reconciler.validate" -}}
+{{- if and .Values.gitSync.enabled .Values.manifests.configMap }}
+{{- fail "set either gitSync.enabled or manifests.configMap, not both" }}
+{{- end }}
+{{- if not (or .Values.gitSync.enabled .Values.manifests.configMap) }}
+{{- fail "no manifests source: set gitSync.enabled=true (with gitSync.repo) or manifests.configMap" }}
+{{- end }}
+{{- if and .Values.gitSync.enabled (not .Values.gitSync.repo) }}
+{{- fail "gitSync.enabled requires gitSync.repo" }}
+{{- end }}
+{{- if and .Values.gitSync.https.existingSecret .Values.gitSync.ssh.existingSecret }}
+{{- fail "set either gitSync.https.existingSecret or gitSync.ssh.existingSecret, not both" }}
+{{- end }}
+{{- if and .Values.persistence.enabled (gt (int .Values.replicas) 1) }}
+{{- fail "persistence.enabled supports replicas: 1 only (one SQLite store per pod); with several replicas keep the emptyDir state, it is recoverable" }}
+{{- end }}
+{{- if and .Values.persistence.enabled (ne .Values.strategy.type "Recreate") }}
+{{- fail "persistence.enabled requires strategy.type: Recreate (a ReadWriteOnce volume and the SQLite lock cannot be shared by the old and the new pod)" }}
+{{- end }}
+{{- end }}

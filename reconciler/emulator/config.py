@@ -1,0 +1,325 @@
+"""The emulator's configuration: services, commands, faults, and the YAML file they come from.
+
+The emulator is only as useful as its configuration is trustworthy, so the file is checked
+strictly: an unknown key, a malformed duration or a rate outside 0..1 is a ``ConfigError``
+that names the file and the field (``emulator.yaml: services[0].commands.reindex.duration:
+...``), never a silently ignored typo. Durations use Go's syntax (``500ms``, ``2s``,
+``1m30s``, ``1.5h``), which is what the DESIGN document and the manifests use; a small parser
+lives here so the emulator depends on nothing else in the package but ``reconciler.errors``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from reconciler.errors import ConfigError
+
+__all__ = [
+    "CommandConfig",
+    "EmulatorConfig",
+    "FaultConfig",
+    "ServiceConfig",
+    "default_config_path",
+    "format_duration",
+    "load_config",
+    "parse_duration",
+]
+
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+NEVER = "never"
+
+
+def parse_duration(value: object) -> float:
+    """Parse a Go-style duration (``1h30m``, ``1.5s``, ``250ms``, ``0``) into seconds.
+
+    A bare number (int or float, not bool) is taken as seconds. Raises ``ValueError`` for
+    anything else, including negative values and the word ``never`` (callers that allow
+    ``never`` check for it first).
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text == "0":
+            return 0.0
+        pos = 0
+        seconds = 0.0
+        if not text:
+            raise ValueError("invalid duration ''")
+        while pos < len(text):
+            match = _DURATION_PART.match(text, pos)
+            if match is None:
+                raise ValueError(f"invalid duration {value!r}")
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+    else:
+        raise ValueError(f"invalid duration {value!r}")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {value!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Render seconds back as a short Go-style duration (``0s``, ``250ms``, ``2s``, ``1.5s``)."""
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        millis = seconds * 1000
+        return f"{millis:g}ms"
+    return f"{seconds:g}s"
+
+
+@dataclass(frozen=True)
+class CommandConfig:
+    """How one command behaves: how long it stays pending, and whether it fails.
+
+    ``duration`` is in seconds, ``None`` meaning ``never`` (pending forever). ``fail``
+    makes every execution fail; ``fail_times`` makes the first N executions fail.
+    """
+
+    name: str
+    duration: float | None = 0.0
+    fail: bool = False
+    fail_times: int = 0
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One AI Lake service: its path id (== ``attributes.serviceId``), name, status, commands."""
+
+    id: str
+    name: str
+    status: Mapping[str, Any] | None = None
+    commands: Mapping[str, CommandConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Fault injection on the AI Lake paths; rates are fractions of requests, 0..1."""
+
+    error_rate: float = 0.0
+    throttle_rate: float = 0.0
+    retry_after: int = 1
+    drop_rate: float = 0.0
+    latency: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The faults with the same keys as the config file and ``PUT /_emulator/faults``."""
+        return {
+            "errorRate": self.error_rate,
+            "throttleRate": self.throttle_rate,
+            "retryAfter": self.retry_after,
+            "dropRate": self.drop_rate,
+            "latency": format_duration(self.latency),
+        }
+
+    def updated(self, changes: object, *, source: str) -> FaultConfig:
+        """A copy with ``changes`` (a mapping of fault keys) applied; raises ``ConfigError``."""
+        if not isinstance(changes, Mapping):
+            raise ConfigError(f"{source}: faults: must be a mapping of fault keys")
+        current = self.to_dict()
+        for key, value in changes.items():
+            if key not in _FAULT_KEYS:
+                raise ConfigError(
+                    f"{source}: faults.{key}: unknown key (allowed: {', '.join(_FAULT_KEYS)})"
+                )
+            current[key] = value
+        return FaultConfig(
+            error_rate=_rate(current["errorRate"], f"{source}: faults.errorRate"),
+            throttle_rate=_rate(current["throttleRate"], f"{source}: faults.throttleRate"),
+            retry_after=_non_negative_int(current["retryAfter"], f"{source}: faults.retryAfter"),
+            drop_rate=_rate(current["dropRate"], f"{source}: faults.dropRate"),
+            latency=_duration(current["latency"], f"{source}: faults.latency"),
+        )
+
+
+_FAULT_KEYS = ("errorRate", "throttleRate", "retryAfter", "dropRate", "latency")
+_TOP_KEYS = ("token", "dedup", "seed", "services", "faults")
+_SERVICE_KEYS = ("id", "name", "status", "commands")
+_COMMAND_KEYS = ("duration", "fail", "failTimes")
+
+
+@dataclass(frozen=True)
+class EmulatorConfig:
+    """The whole emulator configuration, validated; build it with ``from_dict``/``load_config``."""
+
+    services: tuple[ServiceConfig, ...] = ()
+    token: str | None = None
+    dedup: bool = True
+    seed: int | None = None
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    source: str = "<config>"
+
+    @classmethod
+    def from_dict(cls, data: object, source: str = "<config>") -> EmulatorConfig:
+        """Validate a parsed YAML document; every error names ``source`` and the field."""
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: the top level must be a mapping")
+        _check_keys(data, _TOP_KEYS, source, "")
+        token = data.get("token")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ConfigError(f"{source}: token: must be a non-empty string")
+        dedup = data.get("dedup", True)
+        if not isinstance(dedup, bool):
+            raise ConfigError(f"{source}: dedup: must be true or false")
+        seed = data.get("seed")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise ConfigError(f"{source}: seed: must be an integer")
+        faults = FaultConfig().updated(data.get("faults") or {}, source=source)
+        services = _services(data.get("services"), source)
+        return cls(
+            services=services,
+            token=token,
+            dedup=dedup,
+            seed=seed,
+            faults=faults,
+            source=source,
+        )
+
+    def service(self, service_id: str) -> ServiceConfig | None:
+        """The service whose path id is ``service_id``, or ``None``."""
+        for service in self.services:
+            if service.id == service_id:
+                return service
+        return None
+
+
+def _check_keys(data: Mapping[Any, Any], allowed: tuple[str, ...], source: str, where: str) -> None:
+    for key in data:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(
+                f"{source}: {prefix}{key}: unknown key (allowed: {', '.join(allowed)})"
+            )
+
+
+def _rate(value: object, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{where}: must be a number between 0 and 1, got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:
+        raise ConfigError(f"{where}: must be between 0 and 1, got {value!r}")
+    return float(value)
+
+
+def _non_negative_int(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}: must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _duration(value: object, where: str, *, allow_never: bool = False) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError:
+        hint = "e.g. 500ms, 2s, 1m30s" + (" or never" if allow_never else "")
+        raise ConfigError(f"{where}: invalid duration {value!r} ({hint})") from None
+
+
+def _services(raw: object, source: str) -> tuple[ServiceConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: services: must be a list")
+    services: list[ServiceConfig] = []
+    ids: set[str] = set()
+    names: set[str] = set()
+    for index, item in enumerate(raw):
+        where = f"services[{index}]"
+        if not isinstance(item, Mapping):
+            raise ConfigError(f"{source}: {where}: must be a mapping")
+        _check_keys(item, _SERVICE_KEYS, source, where)
+        service_id = item.get("id")
+        if not isinstance(service_id, str) or not service_id or "/" in service_id:
+            raise ConfigError(f"{source}: {where}.id: must be a non-empty string without '/'")
+        name = item.get("name")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{source}: {where}.name: must be a non-empty string")
+        if service_id in ids:
+            raise ConfigError(f"{source}: {where}.id: duplicate service id {service_id!r}")
+        if name in names:
+            raise ConfigError(f"{source}: {where}.name: duplicate service name {name!r}")
+        ids.add(service_id)
+        names.add(name)
+        status = item.get("status")
+        if status is not None and not isinstance(status, Mapping):
+            raise ConfigError(f"{source}: {where}.status: must be a mapping or null")
+        commands = _commands(item.get("commands"), source, where)
+        services.append(
+            ServiceConfig(
+                id=service_id,
+                name=name,
+                status=dict(status) if status is not None else None,
+                commands=commands,
+            )
+        )
+    return tuple(services)
+
+
+def _commands(raw: object, source: str, where: str) -> dict[str, CommandConfig]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{source}: {where}.commands: must be a mapping of name to settings")
+    commands: dict[str, CommandConfig] = {}
+    for name, settings in raw.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(
+                f"{source}: {where}.commands: command name {name!r} must be a non-empty string "
+                "without '/'"
+            )
+        here = f"{where}.commands.{name}"
+        if settings is None:
+            settings = {}
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"{source}: {here}: must be a mapping (duration, fail, failTimes)")
+        _check_keys(settings, _COMMAND_KEYS, source, here)
+        raw_duration = settings.get("duration", "0s")
+        duration: float | None
+        if raw_duration == NEVER:
+            duration = None
+        else:
+            duration = _duration(raw_duration, f"{source}: {here}.duration", allow_never=True)
+        fail = settings.get("fail", False)
+        if not isinstance(fail, bool):
+            raise ConfigError(f"{source}: {here}.fail: must be true or false")
+        fail_times = _non_negative_int(settings.get("failTimes", 0), f"{source}: {here}.failTimes")
+        if fail and fail_times:
+            raise ConfigError(
+                f"{source}: {here}: fail and failTimes exclude each other (fail: true always fails)"
+            )
+        commands[name] = CommandConfig(
+            name=name, duration=duration, fail=fail, fail_times=fail_times
+        )
+    return commands
+
+
+def default_config_path() -> Path:
+    """The bundled default configuration (``reconciler/emulator/default.yaml``)."""
+    return Path(__file__).with_name("default.yaml")
+
+
+def load_config(path: str | Path | None) -> EmulatorConfig:
+    """Read and validate a YAML config file; ``None`` loads the bundled default."""
+    file = Path(path) if path is not None else default_config_path()
+    source = str(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read emulator config: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    return EmulatorConfig.from_dict(data, source=source)

@@ -1,0 +1,77 @@
+"""Structured logging: JSON lines for machines, readable lines on a terminal.
+
+One place configures structlog for the whole process. Secrets registered with
+:func:`configure` are scrubbed from every rendered line, whatever field they hide in,
+as a last line of defence behind code that never logs them in the first place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any, Literal, TextIO
+
+import structlog
+
+__all__ = ["LogFormat", "configure", "redact"]
+
+LogFormat = Literal["auto", "json", "console"]
+REDACTED = "[REDACTED]"
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every secret (longer than 3 characters) replaced."""
+    for secret in secrets:
+        if secret and len(secret) > 3:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+class _Scrub:
+    """A structlog processor that replaces secrets in every string value."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self.secrets = [s for s in secrets if s and len(s) > 3]
+
+    def __call__(self, _logger: Any, _name: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if self.secrets:
+            for key, value in list(event.items()):
+                if isinstance(value, str):
+                    event[key] = redact(value, self.secrets)
+                elif not isinstance(value, int | float | bool | type(None)):
+                    event[key] = redact(repr(value), self.secrets)
+        return event
+
+
+def configure(
+    *,
+    level: str = "info",
+    fmt: LogFormat = "auto",
+    secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+) -> None:
+    """Configure structlog (and stdlib logging, for uvicorn) for the process."""
+    out = stream or sys.stdout
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r} (debug, info, warning, error)")
+    as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
+    renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if as_json
+                     else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _Scrub(secrets),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(out),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True,
+                        format="%(levelname)s %(name)s: %(message)s")

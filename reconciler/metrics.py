@@ -1,0 +1,212 @@
+"""Prometheus metrics (prefix ``ailake_reconciler_``): a public interface, DESIGN section 7.
+
+Users' alerts depend on these names and labels; ``tests/test_metrics.py`` pins them.
+Per-manifest gauges (``command_failed``, ``command_last_success_timestamp_seconds``) are
+built from the state store at scrape time by :class:`StoreCollector`, so a removed
+manifest's series vanish instead of going stale. Counters are created at zero for every
+label set known in advance, so ``increase()`` sees the first failure. Label values come
+from manifests only: never operation ids, payloads or error texts.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from reconciler import __version__
+from reconciler.client import RequestRecord
+from reconciler.engine import Transition
+from reconciler.plan import Plan
+from reconciler.store import Store
+
+__all__ = ["INTENT_STATES", "PREFIX", "Metrics", "StoreCollector"]
+
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+
+PREFIX = "ailake_reconciler_"
+INTENT_STATES = ("in_sync", "waiting", "submitting", "pending", "failed", "stalled",
+                 "suspended", "orphaned")
+OUTCOMES = ("succeeded", "failed", "timed_out")
+ENDPOINTS = {
+    ("/api/v1/ailake/services", "GET"): ("200",),
+    ("/api/v1/ailake/services/{serviceId}/status", "GET"): ("200",),
+    ("/api/v1/ailake/services/{serviceId}/commands/{commandName}/run", "POST"): ("202",),
+    ("/api/v1/ailake/operations/{operationId}", "GET"): ("200", "404"),
+}
+#: codes every endpoint starts at zero with, so error-ratio alerts see the first error
+PREINIT_CODES = ("429", "500", "503", "error")
+
+#: seconds to hours: AI Lake operations run from seconds (reindex) to hours (backfills)
+OPERATION_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400,
+                     28800, 86400)
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+API_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+@dataclass(frozen=True)
+class _Known:
+    service: str
+    command: str
+
+
+class StoreCollector(Collector):
+    """``command_failed`` and ``command_last_success_timestamp_seconds``, read from the
+    store at scrape time for the manifests currently loaded."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self.store = store
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        failed = GaugeMetricFamily(
+            PREFIX + "command_failed",
+            "1 while the manifest's current intent has its last attempt failed or stalled.",
+            labels=["name", "service", "command"],
+        )
+        last_success = GaugeMetricFamily(
+            PREFIX + "command_last_success_timestamp_seconds",
+            "Unix time of the manifest's last succeeded operation (any spec or window).",
+            labels=["name"],
+        )
+        known = self.metrics.known
+        if known:
+            current = self.store.intents()
+            latest: dict[str, str] = {}
+            stamp: dict[str, float] = {}
+            order: dict[str, float] = {}
+            for rec in self.store.intents(include_retired=True).values():
+                if rec.name not in known:
+                    continue
+                if rec.succeeded_at is not None:
+                    stamp[rec.name] = max(stamp.get(rec.name, 0.0),
+                                          rec.succeeded_at.timestamp())
+                if rec.spec_hash in current and rec.updated_at.timestamp() >= order.get(
+                        rec.name, float("-inf")):
+                    order[rec.name] = rec.updated_at.timestamp()
+                    latest[rec.name] = rec.status
+            for name in sorted(known):
+                k = known[name]
+                bad = latest.get(name) in ("failed", "stalled")
+                failed.add_metric([name, k.service, k.command], 1.0 if bad else 0.0)
+                if name in stamp:
+                    last_success.add_metric([name], stamp[name])
+        yield failed
+        yield last_success
+
+
+class Metrics:
+    """Every metric of the reconciler, in its own registry."""
+
+    def __init__(self, store: Store | None = None, *,
+                 registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.known: Mapping[str, _Known] = {}
+        r = self.registry
+        self.reconcile_duration = Histogram(
+            PREFIX + "reconcile_duration_seconds", "Time one reconcile pass took.",
+            buckets=RECONCILE_BUCKETS, registry=r)
+        self.reconciles = Counter(
+            PREFIX + "reconciles_total", "Reconcile passes, by result.", ["result"], registry=r)
+        self.intents = Gauge(
+            PREFIX + "intents", "Manifests by state of their current intent.", ["state"],
+            registry=r)
+        self.invalid_manifests = Gauge(
+            PREFIX + "invalid_manifests", "Manifest documents that failed validation.",
+            registry=r)
+        self.operations = Counter(
+            PREFIX + "operations_total", "Operations that reached an end, by outcome.",
+            ["service", "command", "outcome"], registry=r)
+        self.operation_duration = Histogram(
+            PREFIX + "operation_duration_seconds",
+            "Time from an operation's submission to its end.", ["service", "command"],
+            buckets=OPERATION_BUCKETS, registry=r)
+        self.api_requests = Counter(
+            PREFIX + "api_requests_total", "AI Lake API requests, by templated endpoint, "
+            "method and status code ('error': no response).", ["endpoint", "method", "code"],
+            registry=r)
+        self.api_duration = Histogram(
+            PREFIX + "api_request_duration_seconds", "AI Lake API request latency.",
+            ["endpoint"], buckets=API_BUCKETS, registry=r)
+        self.last_success = Gauge(
+            PREFIX + "last_successful_reconcile_timestamp_seconds",
+            "Unix time of the last reconcile pass that completed without error.", registry=r)
+        self.source_last_success = Gauge(
+            PREFIX + "source_last_success_timestamp_seconds",
+            "Unix time the manifest source was last read successfully.", registry=r)
+        self.source_revision = Gauge(
+            PREFIX + "source_revision_info", "The manifest revision in use (one series).",
+            ["revision"], registry=r)
+        self.leader = Gauge(
+            PREFIX + "leader", "1 while this replica reconciles (is the leader).", registry=r)
+        self.build_info = Gauge(
+            PREFIX + "build_info", "Version of the running reconciler.", ["version"],
+            registry=r)
+        self.build_info.labels(version=__version__).set(1)
+        for result in ("success", "error"):
+            self.reconciles.labels(result=result)
+        for state in INTENT_STATES:
+            self.intents.labels(state=state).set(0)
+        for (endpoint, method), codes in ENDPOINTS.items():
+            self.api_duration.labels(endpoint=endpoint)
+            for code in (*codes, *PREINIT_CODES):
+                self.api_requests.labels(endpoint=endpoint, method=method, code=code)
+        self._revision: str | None = None
+        if store is not None:
+            r.register(StoreCollector(store, self))
+
+    # ------------------------------------------------------------------ feeds
+
+    def observe_request(self, record: RequestRecord) -> None:
+        """The client's observer: one call per HTTP attempt."""
+        self.api_requests.labels(endpoint=record.endpoint, method=record.method,
+                                 code=record.code).inc()
+        self.api_duration.labels(endpoint=record.endpoint).observe(record.duration)
+
+    def on_transition(self, event: Transition) -> None:
+        """The engine's listener: count operations that reached an end."""
+        if event.outcome is None:
+            return
+        self.operations.labels(service=event.service, command=event.command,
+                               outcome=event.outcome).inc()
+        if event.duration is not None:
+            self.operation_duration.labels(service=event.service,
+                                           command=event.command).observe(event.duration)
+
+    def loaded(self, commands: Iterable[tuple[str, str, str]], *, invalid: int,
+               revision: str, now: float | None = None) -> None:
+        """A manifest load finished: (name, service, command) of every valid manifest."""
+        self.known = {name: _Known(service, command) for name, service, command in commands}
+        for k in self.known.values():
+            for outcome in OUTCOMES:
+                self.operations.labels(service=k.service, command=k.command, outcome=outcome)
+            self.operation_duration.labels(service=k.service, command=k.command)
+        self.invalid_manifests.set(invalid)
+        self.source_last_success.set(now if now is not None else time.time())
+        if revision != self._revision:
+            self.source_revision.clear()
+            self.source_revision.labels(revision=revision).set(1)
+            self._revision = revision
+
+    def reconciled(self, plan: Plan | None, *, duration: float, ok: bool,
+                   orphaned: int = 0, now: float | None = None) -> None:
+        """A reconcile pass finished (``plan`` None when it failed before planning)."""
+        self.reconcile_duration.observe(duration)
+        self.reconciles.labels(result="success" if ok else "error").inc()
+        if ok:
+            self.last_success.set(now if now is not None else time.time())
+        if plan is not None:
+            counts = dict.fromkeys(INTENT_STATES, 0)
+            for view in plan.views:
+                counts[view.state] += 1
+            counts["orphaned"] = max(counts["orphaned"], orphaned)
+            for state, count in counts.items():
+                self.intents.labels(state=state).set(count)
+
+    def exposition(self) -> bytes:
+        return prometheus_client.generate_latest(self.registry)
