@@ -30,27 +30,20 @@ from reconciler import __version__
 from reconciler.client import AiLakeClient, ClientSettings
 from reconciler.engine import Engine, EngineSettings, Transition, utcnow
 from reconciler.errors import ApiError, ConfigError, ReconcilerError
+from reconciler.listen import parse_listen
 from reconciler.manifests import YAML_SUFFIXES, LoadResult, load_manifests
 from reconciler.metrics import Metrics
 from reconciler.plan import Limits, Plan, View
 from reconciler.server import Surface, create_app
 from reconciler.store import Store
 
-__all__ = ["Daemon", "DaemonSettings", "log_transition", "parse_listen", "read_secret"]
+__all__ = ["Daemon", "DaemonSettings", "log_transition", "read_secret"]
 
 log = structlog.get_logger("reconciler.daemon")
 
 SETTLED_FAILED = ("failed", "stalled")
 #: seconds between passes that have due work but made no progress (API failing)
 MIN_RETRY_SLEEP = 1.0
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8080`` for IPv6) to a (host, port) pair."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"--listen must be HOST:PORT, got {value!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass(frozen=True)
@@ -106,16 +99,50 @@ def log_transition(event: Transition) -> None:
     getattr(log, level)("transition", **fields)
 
 
-def _fingerprint(root: Path) -> str:
-    """Cheap change detector: names, sizes and mtimes of every manifest file."""
-    digest = hashlib.sha256()
-    paths = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES)
-    for path in paths:
-        with contextlib.suppress(OSError):
-            st = path.stat()
-            digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-    return digest.hexdigest()
+def _manifest_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES)
+
+
+class SourceWatcher:
+    """Tells whether the manifest files' content changed: a cheap stat pass on every
+    look, and a content hash (what decides) only when names, sizes or mtimes moved."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._stat = ""
+        self.content = ""
+
+    def _stat_digest(self, files: Sequence[Path]) -> str:
+        digest = hashlib.sha256()
+        for path in files:
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+        return digest.hexdigest()
+
+    def _content_digest(self, files: Sequence[Path]) -> str:
+        digest = hashlib.sha256()
+        for path in files:
+            with contextlib.suppress(OSError):
+                digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
+        return digest.hexdigest()
+
+    def changed(self) -> bool:
+        """True when the content differs from the last :meth:`mark` (or none was made)."""
+        files = _manifest_files(self.root)
+        stat = self._stat_digest(files)
+        if stat == self._stat and self.content:
+            return False
+        self._stat = stat
+        return self._content_digest(files) != self.content
+
+    def mark(self) -> None:
+        """Remember the current content as loaded."""
+        files = _manifest_files(self.root)
+        self._stat = self._stat_digest(files)
+        self.content = self._content_digest(files)
 
 
 class _Server(uvicorn.Server):
@@ -154,7 +181,7 @@ class Daemon:
         self._reasons: list[str] = []
         self._heartbeat = time.monotonic()
         self._api_ok: tuple[float, bool, str] | None = None
-        self._fingerprint = ""
+        self._source = SourceWatcher(settings.manifests)
         self._transitions = 0
         self._transitions_seen = 0
         self.url: str | None = None
@@ -268,11 +295,10 @@ class Daemon:
         next_load = 0.0
         while True:
             self._heartbeat = time.monotonic()
-            fingerprint = _fingerprint(s.manifests)
-            if (self.load is None or self._reasons or fingerprint != self._fingerprint
+            if (self.load is None or self._reasons or self._source.changed()
                     or time.monotonic() >= next_load):
                 reasons = self._reasons or (["start"] if self.load is None else ["interval"])
-                self._load(fingerprint, reasons)
+                self._load(reasons)
                 next_load = time.monotonic() + s.interval * random.uniform(0.9, 1.1)
             self._reasons = []
             assert self.load is not None
@@ -285,10 +311,10 @@ class Daemon:
                 return
             await self._sleep(min(next_load - time.monotonic(), self._until_wake()))
 
-    def _load(self, fingerprint: str, reasons: Sequence[str]) -> None:
+    def _load(self, reasons: Sequence[str]) -> None:
         assert self.metrics is not None and self.store is not None
+        self._source.mark()
         load = load_manifests(self.settings.manifests)
-        self._fingerprint = fingerprint
         for problem in load.problems:
             log.error("invalid_manifest", file=problem.file, line=problem.line,
                       name=problem.name, message=problem.message)
@@ -374,7 +400,7 @@ class Daemon:
         """Trigger a pass as soon as manifest files change."""
         while True:
             await asyncio.sleep(self.settings.watch_period)
-            if self._fingerprint and _fingerprint(self.settings.manifests) != self._fingerprint:
+            if self._source.content and self._source.changed():
                 self.trigger("manifests changed")
 
     def _settled(self) -> bool:

@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TextIO
 
 from reconciler import logs
-from reconciler.daemon import Daemon, DaemonSettings, parse_listen
+from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.emulator import load_config, start_background
 from reconciler.engine import Transition
+from reconciler.listen import parse_listen
 from reconciler.report import status_rows, status_table
 from reconciler.store import Store
 

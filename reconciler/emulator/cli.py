@@ -18,6 +18,7 @@ from types import FrameType
 from reconciler.emulator.config import load_config
 from reconciler.emulator.server import start_background
 from reconciler.errors import ConfigError
+from reconciler.listen import parse_listen
 
 __all__ = ["DESCRIPTION", "EPILOG", "configure_parser", "parse_listen", "run"]
 
@@ -108,19 +109,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="require 'Authorization: Bearer T' (env RECONCILER_EMULATOR_TOKEN; "
         "overrides the config's token)",
     )
-
-
-def parse_listen(value: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:8765`` for IPv6) into host and port."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ConfigError(f"--listen: expected HOST:PORT, got {value!r}")
-    port = int(port_text)
-    if port > 65535:
-        raise ConfigError(f"--listen: port must be 0..65535, got {port}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
 
 
 def run(args: argparse.Namespace) -> int:

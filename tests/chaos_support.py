@@ -1,0 +1,323 @@
+"""Helpers of the chaos test: a generated scenario, the emulator as a process, the daemon.
+
+The scenario is a few dozen ``ServiceCommand`` manifests over three emulated services,
+with dependency chains, ``service:`` ids and ``serviceName:`` references, an always
+failing command (``fail: true``), commands failing their first execution
+(``failTimes: 1``) and one manifest blocked behind a failing dependency. For every
+manifest it knows how many executions the emulator must show once everything settled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from reconciler.manifests import load_manifests
+from reconciler.plan import desired_intent
+
+SERVICES: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
+    ("6f1c2a4e-0000-4000-8000-00000000c001", "vectors", {
+        "reindex": {"duration": "300ms"},
+        "embed": {"duration": "1s"},
+        "compact": {"duration": "100ms"},
+        "broken": {"duration": "200ms", "fail": True},
+    }),
+    ("6f1c2a4e-0000-4000-8000-00000000c002", "warehouse", {
+        "provision": {"duration": "500ms"},
+        "migrate": {"duration": "200ms"},
+        "analyze": {"duration": "100ms"},
+    }),
+    ("6f1c2a4e-0000-4000-8000-00000000c003", "tickets", {
+        "refresh": {"duration": "700ms"},
+        "export": {"duration": "0s"},
+    }),
+)
+SUCCEEDING = [(sid, name, cmd) for sid, name, cmds in SERVICES for cmd, spec in cmds.items()
+              if not spec.get("fail")]
+RETRY = {"limit": 2, "backoff": "200ms", "maxBackoff": "1s"}
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What one manifest must have caused on the server once settled."""
+
+    name: str
+    executions: int
+    states: tuple[str, ...]
+    kind: str
+
+
+@dataclass
+class Scenario:
+    emulator_config: dict[str, Any]
+    manifests: list[dict[str, Any]]
+    expected: dict[str, Expectation] = field(default_factory=dict)
+
+    def write(self, root: Path) -> tuple[Path, Path]:
+        """Write the emulator config and the manifests (a few per file, some ``---``)."""
+        config = root / "emulator.yaml"
+        config.write_text(yaml.safe_dump(self.emulator_config, sort_keys=False))
+        folder = root / "manifests"
+        folder.mkdir()
+        for start in range(0, len(self.manifests), 3):
+            docs = self.manifests[start:start + 3]
+            (folder / f"batch-{start // 3:03d}.yaml").write_text(
+                yaml.safe_dump_all(docs, sort_keys=False))
+        return config, folder
+
+
+def build_scenario(count: int, *, seed: int, faults: Mapping[str, Any]) -> Scenario:
+    """``count`` manifests (at least 8): mostly succeeding commands, 2+ always failing,
+    2+ failing once, one blocked behind a failing dependency; every fifth one depends on
+    its predecessor (chains of succeeding manifests)."""
+    assert count >= 8
+    rng = random.Random(seed)
+    services = [{"id": sid, "name": name, "status": {"ready": True},
+                 "commands": dict(cmds)} for sid, name, cmds in SERVICES]
+    failing = max(2, count // 15)
+    flaky = max(2, count // 15)
+    manifests: list[dict[str, Any]] = []
+    expected: dict[str, Expectation] = {}
+
+    def doc(name: str, sid: str, sname: str, command: str, index: int,
+            depends: Sequence[str] = ()) -> dict[str, Any]:
+        spec: dict[str, Any] = (
+            {"service": sid} if index % 2 == 0 else {"serviceName": sname})
+        spec["command"] = command
+        spec["payload"] = {"index": index, "tables": [f"t{index}", f"t{index + 1}"]}
+        if index % 3 == 0:
+            spec["context"] = {"requestedBy": "chaos", "ticket": f"CH-{index}"}
+        spec["retry"] = dict(RETRY)
+        if depends:
+            spec["dependsOn"] = list(depends)
+        return {"apiVersion": "ailake.reconciler/v1", "kind": "ServiceCommand",
+                "metadata": {"name": name, "labels": {"suite": "chaos"}}, "spec": spec}
+
+    previous_ok: str | None = None
+    for i in range(count):
+        if i < failing:
+            name = f"broken-{i:03d}"
+            manifests.append(doc(name, SERVICES[0][0], SERVICES[0][1], "broken", i))
+            expected[name] = Expectation(name, RETRY["limit"] + 1, ("stalled",), "fail")
+        elif i < failing + flaky:
+            name = f"flaky-{i:03d}"
+            command = f"flaky{i}"  # failTimes counts per service and command
+            services[2]["commands"][command] = {"duration": "300ms", "failTimes": 1}
+            manifests.append(doc(name, SERVICES[2][0], SERVICES[2][1], command, i))
+            expected[name] = Expectation(name, 2, ("in_sync",), "flaky")
+        elif i == failing + flaky:
+            name = f"blocked-{i:03d}"
+            dep = "broken-000"
+            manifests.append(doc(name, SERVICES[1][0], SERVICES[1][1], "analyze", i, [dep]))
+            expected[name] = Expectation(name, 0, ("stalled",), "blocked")
+        else:
+            sid, sname, command = rng.choice(SUCCEEDING)
+            name = f"cmd-{i:03d}-{command}"
+            depends = [previous_ok] if previous_ok and i % 5 != 0 else []
+            # chains: i%5 == 0 starts a new chain, the next four each wait for the one before
+            manifests.append(doc(name, sid, sname, command, i, depends))
+            expected[name] = Expectation(name, 1, ("in_sync",), "ok")
+            previous_ok = name
+    config = {"dedup": False, "seed": seed, "services": services, "faults": dict(faults)}
+    return Scenario(config, manifests, expected)
+
+
+def operation_ids(manifest_dir: Path, attempts: int = 8) -> dict[str, str]:
+    """Operation id -> manifest name, for the first ``attempts`` attempts of each."""
+    load = load_manifests(manifest_dir)
+    assert not load.problems, [str(p) for p in load.problems]
+    now = datetime.now(UTC)
+    ids: dict[str, str] = {}
+    for command in load.commands:
+        want = desired_intent(command, now)
+        for attempt in range(attempts):
+            ids[want.operation_id(attempt)] = command.name
+    return ids
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RECONCILER_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class EmulatorProcess:
+    """``python -m reconciler emulator`` on a free port; survives every daemon kill."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        self._out = log.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "emulator", "--config", str(config),
+             "--listen", "127.0.0.1:0"],
+            stdout=self._out, stderr=subprocess.STDOUT, env=clean_env())
+        self.url = self._wait_url(timeout=15.0)
+        self.http = httpx.Client(base_url=self.url, timeout=10.0)
+
+    def _wait_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        marker = "AI Lake emulator listening on "
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if marker in line:
+                    return line.split(marker, 1)[1].strip()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"emulator exited: {self.log.read_text()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"emulator did not start: {self.log.read_text()}")
+
+    def executions(self) -> list[dict[str, Any]]:
+        response = self.http.get("/_emulator/executions")
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def operations(self) -> list[dict[str, Any]]:
+        response = self.http.get("/_emulator/operations")
+        response.raise_for_status()
+        result: list[dict[str, Any]] = response.json()
+        return result
+
+    def set_faults(self, **faults: Any) -> None:
+        self.http.put("/_emulator/faults", json=faults).raise_for_status()
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+@dataclass
+class DaemonRun:
+    index: int
+    log: Path
+    returncode: int | None
+    killed: bool
+    elapsed: float
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        for line in self.log.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by SIGKILL
+
+    def phase(self) -> str:
+        """Where the kill landed, from the last event the run logged."""
+        last = "startup"
+        for event in self.events():
+            name = event.get("event", "?")
+            if name == "transition":
+                last = f"after {event.get('state')}"
+            elif name in ("manifests_loaded",):
+                last = "planning/probing"
+            elif name in ("adopted",):
+                last = "probing"
+            elif name in ("run_outcome_unknown", "run_deferred"):
+                last = "resolving"
+            elif name == "converged":
+                last = "converged"
+        return last
+
+
+class Daemon:
+    """Runs ``reconciler run --once`` as a subprocess, one log file per run."""
+
+    def __init__(self, manifests: Path, url: str, state: Path, logs: Path,
+                 extra: Sequence[str] = ()) -> None:
+        self.argv = [sys.executable, "-m", "reconciler", "run", "--manifests", str(manifests),
+                     "--api-url", url, "--state", str(state), "--listen", "", "--interval",
+                     "1s", "--once", "--log-format", "json", *extra]
+        self.logs = logs
+        self.logs.mkdir(exist_ok=True)
+        self.runs: list[DaemonRun] = []
+
+    def _start(self, label: str) -> tuple[subprocess.Popen[bytes], Path, Any]:
+        log = self.logs / f"run-{len(self.runs):04d}-{label}.log"
+        out = log.open("wb")
+        proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env())
+        return proc, log, out
+
+    def run_and_kill(self, delay: float) -> DaemonRun:
+        """Start, SIGKILL after ``delay`` seconds (unless it exited before)."""
+        started = time.monotonic()
+        proc, log, out = self._start("kill")
+        try:
+            proc.wait(timeout=delay)
+            killed = False
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed = True
+        finally:
+            out.close()
+        run = DaemonRun(len(self.runs), log, None if killed else proc.returncode, killed,
+                        time.monotonic() - started)
+        self.runs.append(run)
+        return run
+
+    def run_to_end(self, timeout: float, label: str = "final") -> DaemonRun:
+        started = time.monotonic()
+        proc, log, out = self._start(label)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            out.close()
+            raise AssertionError(
+                f"daemon did not settle within {timeout} s; log {log}:\n"
+                + "\n".join(log.read_text().splitlines()[-40:])) from None
+        out.close()
+        run = DaemonRun(len(self.runs), log, code, False, time.monotonic() - started)
+        self.runs.append(run)
+        return run
+
+
+def status(manifests: Path, state: Path) -> dict[str, dict[str, Any]]:
+    """``reconciler status --output json`` by manifest name."""
+    out = subprocess.run(
+        [sys.executable, "-m", "reconciler", "status", "--state", str(state), "--manifests",
+         str(manifests), "--output", "json"],
+        capture_output=True, text=True, check=True, env=clean_env(), timeout=60)
+    return {row["name"]: row for row in json.loads(out.stdout)}
+
+
+def count_by_manifest(executions: Sequence[Mapping[str, Any]],
+                      ids: Mapping[str, str]) -> tuple[Counter[str], Counter[str], list[str]]:
+    """Executions per manifest, per operation id, and operation ids no manifest owns."""
+    per_name: Counter[str] = Counter()
+    per_id: Counter[str] = Counter()
+    strangers: list[str] = []
+    for execution in executions:
+        op_id = execution["operationId"]
+        per_id[op_id] += 1
+        name = ids.get(op_id)
+        if name is None:
+            strangers.append(op_id)
+        else:
+            per_name[name] += 1
+    return per_name, per_id, strangers
