@@ -30,6 +30,7 @@ from reconciler import __version__
 from reconciler.client import AiLakeClient, ClientSettings
 from reconciler.engine import Engine, EngineSettings, Transition, utcnow
 from reconciler.errors import ApiError, ConfigError, ReconcilerError
+from reconciler.leader import LeaderElector, LeaseSettings
 from reconciler.listen import parse_listen
 from reconciler.manifests import YAML_SUFFIXES, LoadResult, load_manifests
 from reconciler.metrics import Metrics
@@ -44,6 +45,8 @@ log = structlog.get_logger("reconciler.daemon")
 SETTLED_FAILED = ("failed", "stalled")
 #: seconds between passes that have due work but made no progress (API failing)
 MIN_RETRY_SLEEP = 1.0
+#: seconds /readyz may spend checking the API (the chart's probe times out after 3 s)
+READY_TIMEOUT = 2.5
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,7 @@ class Daemon:
         self._transitions = 0
         self._transitions_seen = 0
         self.url: str | None = None
+        self.elector: LeaderElector | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -222,7 +226,13 @@ class Daemon:
     async def _check_api(self) -> None:
         assert self.client is not None
         try:
-            await self.client.list_services(page_size=1)
+            # One page (page_size=1 paged through every service, one request each) and
+            # bounded below the probe's timeout: a failing API makes the daemon unready
+            # instead of hanging /readyz through the client's retries.
+            await asyncio.wait_for(self.client.list_services(page_size=500), READY_TIMEOUT)
+        except TimeoutError:
+            self._api_ok = (time.monotonic(), False,
+                            f"AI Lake API did not answer within {READY_TIMEOUT:g}s")
         except ApiError as exc:
             self._api_ok = (time.monotonic(), False, f"AI Lake API not usable: {exc}")
         else:
@@ -267,7 +277,10 @@ class Daemon:
             raise ConfigError(f"manifest source {s.manifests} does not exist")
         self.store = Store(s.state, retention=s.retention)
         self.metrics = Metrics(self.store)
-        self.metrics.leader.set(1)
+        lease = None if s.once else LeaseSettings.from_env()
+        if lease is not None:
+            self.elector = LeaderElector(lease, on_change=self._leadership)
+        self.metrics.leader.set(0 if self.elector else 1)
         async with AiLakeClient(s.client_settings(), transport=self.transport,
                                 observer=self.metrics.observe_request) as client:
             self.client = client
@@ -278,10 +291,16 @@ class Daemon:
             server = await self._serve()
             self._install_signals()
             watcher = asyncio.create_task(self._watch())
+            election = asyncio.create_task(self.elector.run()) if self.elector else None
             try:
                 await self._loop(engine)
             finally:
                 watcher.cancel()
+                if self.elector is not None and election is not None:
+                    await self.elector.release()  # after the last pass recorded; run() returns
+                    election.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await election
                 self._remove_signals()
                 if server is not None:
                     server.should_exit = True
@@ -302,6 +321,12 @@ class Daemon:
                 next_load = time.monotonic() + s.interval * random.uniform(0.9, 1.1)
             self._reasons = []
             assert self.load is not None
+            if self.elector is not None and not self.elector.is_leader:
+                # standby: manifests loaded (so /readyz passes), nothing reconciled
+                if self._stopping:
+                    return
+                await self._sleep(next_load - time.monotonic())
+                continue
             await self._pass(engine, self.load)
             if self._stopping:
                 return
@@ -385,6 +410,17 @@ class Daemon:
             return float("inf")
         return (self.plan.wake_at - self.clock()).total_seconds()
 
+    def _leadership(self, leader: bool) -> None:
+        """The elector's on_change: the gauge, a pass on acquiring, exit on losing."""
+        assert self.metrics is not None
+        self.metrics.leader.set(1 if leader else 0)
+        if leader:
+            self.trigger("leader")
+        elif not self._stopping:
+            log.error("leadership_lost", action="exiting; the pod restarts as a standby")
+            self.exit_code = 1
+            self.stop()
+
     def _count(self, _event: Transition) -> None:
         self._transitions += 1
 
@@ -440,7 +476,10 @@ class Daemon:
             raise ConfigError(f"cannot listen on {self.settings.listen}: {exc.strerror}") from exc
         sock.listen(128)
         sock.setblocking(False)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        # log_config=None: uvicorn's records go through the root handler of logs.configure
+        # (JSON, scrubbed) instead of its own plain-text handler on stderr.
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                log_config=None)
         server = _Server(config)
         asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         bound = sock.getsockname()

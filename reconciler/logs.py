@@ -60,18 +60,28 @@ def configure(
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if as_json
                      else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    scrub = _Scrub(secrets)
+    stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            stamp,
             structlog.processors.format_exc_info,
-            _Scrub(secrets),
+            scrub,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=out, force=True,
-                        format="%(levelname)s %(name)s: %(message)s")
+    # Libraries (uvicorn, asyncio, httpx) log through stdlib logging: render their records
+    # with the same renderer and scrubber, so stdout stays JSON lines and secret-free.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, structlog.stdlib.add_logger_name,
+                           stamp],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, scrub, renderer],
+    ))
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler], force=True)

@@ -35,7 +35,7 @@ from zoneinfo import ZoneInfo
 from croniter import croniter
 
 from reconciler.durations import format_duration
-from reconciler.identity import canonical_intent, operation_id, spec_hash
+from reconciler.identity import operation_id, spec_hash
 from reconciler.manifests import Interval, Schedule, ServiceCommand
 from reconciler.store import IntentRecord, NewIntent
 
@@ -112,10 +112,13 @@ class Action:
     at: datetime | None = None
     #: resolve: whether a 404 may be followed by the POST (False once not desired)
     may_submit: bool = True
+    #: orphan of a changed manifest's previous record: retiring it is bookkeeping of the
+    #: store (nothing is sent), so it is executed but is not a change to review
+    superseded: bool = False
 
     @property
     def changes(self) -> bool:
-        return self.kind in CHANGE_KINDS
+        return self.kind in CHANGE_KINDS and not self.superseded
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -152,7 +155,7 @@ class Plan:
     @property
     def executable(self) -> tuple[Action, ...]:
         """Actions that call the API or write the store."""
-        return tuple(a for a in self.actions if a.changes or a.kind == "poll")
+        return tuple(a for a in self.actions if a.changes or a.kind in ("poll", "orphan"))
 
 
 def _iso(moment: datetime) -> str:
@@ -171,19 +174,12 @@ def desired_intent(command: ServiceCommand, now: datetime) -> Desired:
         window, next_window = _iso(start), start + policy.every
     elif isinstance(policy, Schedule):
         local = now.astimezone(ZoneInfo(policy.timezone))
-        tick = croniter(policy.cron, local).get_prev(datetime)
+        # get_prev is strictly before its start: a tick at exactly ``now`` is due now
+        tick = croniter(policy.cron, local + timedelta(microseconds=1)).get_prev(datetime)
         following = croniter(policy.cron, local).get_next(datetime)
         window, next_window = _iso(tick), following.astimezone(UTC)
         missed = now - tick > policy.starting_deadline
-    canonical = canonical_intent(
-        name=command.name,
-        service=command.service.as_written,
-        command=command.command,
-        payload=dict(command.payload) if command.payload is not None else None,
-        context=dict(command.context) if command.context is not None else None,
-        rerun=command.rerun,
-        window=window,
-    )
+    canonical = command.canonical_intent(window)
     return Desired(command, spec_hash(canonical), canonical, window, missed, next_window)
 
 
@@ -349,9 +345,10 @@ def plan(
                 add(Action("give-up", name, want.spec_hash,
                            f"retry limit {cmd.retry.limit} reached"),
                     View(name, "stalled", "retry limit reached", want.spec_hash, settled=True))
-            elif deadline is not None and (rec.next_attempt_at or now) >= deadline:
+            elif deadline is not None and max(rec.next_attempt_at or now, now) >= deadline:
                 add(Action("give-up", name, want.spec_hash,
-                           f"next attempt would start after the {cmd.timeout} deadline"),
+                           "next attempt would start after the "
+                           f"{format_duration(cmd.timeout)} deadline"),
                     View(name, "stalled", "deadline passed", want.spec_hash, settled=True))
             elif rec.next_attempt_at is not None and rec.next_attempt_at > now:
                 add(Action("wait-backoff", name, want.spec_hash,
@@ -402,7 +399,8 @@ def plan(
             continue
         actions.append(Action("orphan", rec.name, rec.spec_hash,
                               "manifest removed" if retire_as == "orphaned" else
-                              "spec changed; kept as history"))
+                              "spec changed; kept as history",
+                              superseded=retire_as == "superseded"))
         if retire_as == "orphaned":
             views[rec.name] = View(rec.name, "orphaned", "manifest removed", rec.spec_hash,
                                    settled=True)

@@ -241,6 +241,9 @@ class Store:
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._tx() as db:
+                # another process may have migrated since the version above was read
+                if int(db.execute("PRAGMA user_version").fetchone()[0]) >= target:
+                    continue
                 for statement in _MIGRATIONS[target - 1].split(";"):
                     if statement.strip():
                         db.execute(statement)

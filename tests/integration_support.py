@@ -9,6 +9,7 @@ A unique module name (not ``conftest``), imported by ``tests/test_engine.py``,
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ import httpx
 import pytest
 import yaml
 
+from reconciler.daemon import Daemon, DaemonSettings
 from reconciler.emulator import EmulatorConfig, RunningEmulator, start_background
 
 SERVICE_ID = "6f1c2a4e-0000-4000-8000-0000000000c1"
@@ -78,6 +80,20 @@ def running_emulator(**overrides: Any) -> Iterator[RunningEmulator]:
 def emulator() -> Iterator[RunningEmulator]:
     with running_emulator() as emu:
         yield emu
+
+
+def clone_emulator(template: RunningEmulator) -> RunningEmulator:
+    """A new emulator with the same config that already knows every operation and
+    execution of ``template`` (in-process: the monotonic clock is shared), so a converged
+    system can be set up once per module and copied per test."""
+    clone = start_background(template.state.config, host="127.0.0.1", port=0)
+    source, target = template.state, clone.state
+    with source.lock, target.lock:
+        operations_, executions_ = copy.deepcopy((source.operations, source.executions))
+        target.operations.update(operations_)
+        target.executions.extend(executions_)
+        target.run_counts.update(source.run_counts)
+    return clone
 
 
 def admin(url: str, what: str) -> list[dict[str, Any]]:
@@ -169,6 +185,19 @@ def run_once(manifests: Path, url: str, state: Path, *extra: str,
     return reconciler("run", "--once", "--manifests", manifests, "--api-url", url,
                       "--state", state, "--listen", "", "--interval", "1s",
                       "--log-format", "json", *extra, timeout=timeout)
+
+
+async def run_daemon_once(manifests: Path, url: str, state: Path,
+                          **overrides: Any) -> int:
+    """The daemon of ``reconciler run --once`` in-process, with fast polling (the CLI
+    polls from 1 s): returns its exit status."""
+    values: dict[str, Any] = {
+        "manifests": manifests, "api_url": url, "state": str(state), "once": True,
+        "listen": None, "interval": 1.0, "rate_limit": None, "poll_initial": 0.05,
+        "poll_max": 0.2, "grace_period": 5.0,
+    }
+    values.update(overrides)
+    return await Daemon(DaemonSettings(**values)).run()
 
 
 def start_daemon(manifests: Path, url: str, state: Path, *extra: str,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[1]
 RULES_FILE = REPO / "helm" / "ailake-reconciler" / "files" / "prometheus-rules.yaml"
+ALERTS_DOC = REPO / "docs" / "alerts.md"
 DASHBOARD_FILES = (
     REPO / "docs" / "grafana-dashboard.json",
     REPO / "helm" / "ailake-reconciler" / "files" / "grafana-dashboard.json",
@@ -113,22 +113,30 @@ def sample_names(text: str) -> set[str]:
     return {s.name for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def base_metric_name(name: str, histograms: Iterable[str] = ()) -> str:
-    hist = set(histograms)
-    for suffix in HISTOGRAM_SUFFIXES:
-        base = name.removesuffix(suffix)
-        if base != name and (not hist or base in hist):
-            return base
-    return name
+def scraped_metric_names(text: str) -> set[str]:
+    """Metric names of an exposition as PromQL knows them (``x_total``; a histogram's
+    ``x_bucket``/``x_sum``/``x_count`` as ``x``)."""
+    names = sample_names(text)
+    histograms = {n.removesuffix("_bucket") for n in names if n.endswith("_bucket")}
+    found = set()
+    for name in names:
+        base = name
+        for suffix in HISTOGRAM_SUFFIXES:
+            if name.endswith(suffix) and name.removesuffix(suffix) in histograms:
+                base = name.removesuffix(suffix)
+        found.add(base)
+    return found
 
 
 def referenced_metrics(text: str) -> set[str]:
-    """Metric names (full, histogram suffixes stripped) used in PromQL text."""
+    """Metric names used in PromQL (or prose) text, histogram suffixes stripped."""
     found = set()
     for raw in METRIC_RE.findall(text):
         if raw == PREFIX:
             continue
-        found.add(base_metric_name(raw))
+        for suffix in HISTOGRAM_SUFFIXES:
+            raw = raw.removesuffix(suffix)
+        found.add(raw)
     return found
 
 
@@ -325,7 +333,3 @@ def prom_alerts(prom: Proc) -> list[dict[str, Any]]:
     answer.raise_for_status()
     alerts: list[dict[str, Any]] = answer.json()["data"]["alerts"]
     return alerts
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)

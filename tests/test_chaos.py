@@ -66,7 +66,10 @@ def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
         while delivered < kills:
             runs += 1
             assert runs <= kills * 3, "the daemon keeps exiting before it can be killed"
-            run = daemon.run_and_kill(rng.uniform(0.05, 1.5))
+            # 50 ms .. 1.5 s, skewed late (sqrt): the interpreter alone needs ~0.6 s to
+            # start, and most kills should land while the daemon is probing, submitting,
+            # resolving or polling, not before it did anything
+            run = daemon.run_and_kill(0.05 + 1.45 * rng.random() ** 0.5)
             if run.killed:
                 delivered += 1
                 phases[run.phase()] += 1
@@ -120,14 +123,24 @@ def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
 
         operations = emulator.operations()
         posts = sum(op["posts"] for op in operations)
+        sends: Counter[str] = Counter()
+        unknown = 0
+        for run in daemon.runs:
+            for event in run.events():
+                if event.get("event") == "transition" and event.get("state") == "submitting":
+                    sends[event["operation_id"]] += 1
+                unknown += event.get("event") == "run_outcome_unknown"
+        resent = sum(1 for n in sends.values() if n > 1)
         elapsed = time.monotonic() - started
         with capsys.disabled():
             print(
                 f"\nchaos: {delivered} kills in {runs} runs ({kill_elapsed:.1f}s), "
                 f"{manifests} manifests, {len(executions)} executions "
                 f"({executions_at_last_kill} before the final run), {posts} run POSTs "
-                f"accepted, 0 double runs; final run {final.elapsed:.1f}s, fresh-store run "
-                f"{recovered.elapsed:.1f}s, 0 new executions; total {elapsed:.1f}s"
+                f"processed, {unknown} with outcome unknown, {resent} attempts re-sent "
+                f"after a lookup 404, 0 double runs; final run {final.elapsed:.1f}s, "
+                f"fresh-store run {recovered.elapsed:.1f}s, 0 new executions; "
+                f"total {elapsed:.1f}s"
                 f"\nchaos: kills landed {dict(sorted(phases.items()))}")
     finally:
         emulator.stop()

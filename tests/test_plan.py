@@ -1,0 +1,823 @@
+"""The planner: ``plan(desired, recorded, now) -> Plan``, pure and table-driven.
+
+Each test states one decision of the planner for one recorded state (DESIGN section 4);
+the hypothesis tests at the end check the safety invariants over generated states.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from plan_support import (
+    OTHER_SERVICE,
+    SERVICE,
+    T0,
+    Ledger,
+    actions_of,
+    command,
+    hours,
+    kinds,
+    minutes,
+    only,
+    planned,
+    record,
+    recorded,
+    seconds,
+    view,
+)
+
+from reconciler.identity import operation_id
+from reconciler.manifests import Interval, Once, Schedule
+from reconciler.plan import CHANGE_KINDS, Action, Limits, Plan, desired_intent
+
+A = command("a")
+
+
+# ------------------------------------------------------------------ a new intent
+
+
+def test_a_new_intent_is_submitted_as_attempt_zero_with_its_deterministic_operation_id():
+    result = planned([A], {})
+    action = only(result, "a")
+    want = desired_intent(A, T0)
+    assert action.kind == "submit"
+    assert action.attempt == 0
+    assert action.spec_hash == want.spec_hash
+    assert action.operation_id == operation_id(want.spec_hash, 0)
+    assert view(result, "a").state == "submitting"
+
+
+def test_a_new_intent_is_planned_identically_by_any_replica():
+    assert planned([command("a")], {}) == planned([command("a")], {})
+
+
+# ------------------------------------------------------------------ recorded states
+
+
+def test_a_succeeded_intent_is_in_sync_and_nothing_is_executed():
+    ledger = Ledger()
+    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
+    result = planned([A], ledger.records)
+    assert only(result, "a").kind == "noop"
+    assert only(result, "a").reason == "in sync"
+    assert view(result, "a").state == "in_sync"
+    assert view(result, "a").settled
+    assert result.executable == ()
+    assert result.changes == ()
+
+
+def test_a_pending_intent_whose_poll_is_due_is_polled():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.accepted(want, T0 - seconds(10), poll_at=T0 - seconds(1))
+    action = only(planned([A], ledger.records), "a")
+    assert action.kind == "poll"
+    assert action.operation_id == want.operation_id(0)
+    assert action.attempt == 0
+
+
+def test_a_pending_intent_whose_poll_is_not_due_waits_and_wakes_the_planner_then():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.accepted(want, T0 - seconds(10), poll_at=T0 + seconds(4))
+    result = planned([A], ledger.records)
+    assert only(result, "a").kind == "noop"
+    assert only(result, "a").at == T0 + seconds(4)
+    assert result.wake_at == T0 + seconds(4)
+    assert view(result, "a").state == "pending"
+
+
+def test_a_pending_intent_is_polled_under_the_id_the_server_answered_with():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.accepted(want, T0 - seconds(10), poll_at=T0, server_id="server-chosen")
+    assert only(planned([A], ledger.records), "a").operation_id == "server-chosen"
+
+
+def test_a_submitting_intent_is_resolved_before_anything_is_sent_again():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    result = planned([A], ledger.records)
+    action = only(result, "a")
+    assert action.kind == "resolve"
+    assert action.may_submit is True
+    assert action.operation_id == want.operation_id(0)
+    assert view(result, "a").state == "submitting"
+
+
+def test_a_submitting_intent_whose_lookup_was_deferred_waits_for_it():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.store.defer(want.spec_hash, now=T0 - seconds(5), next_poll_at=T0 + seconds(3))
+    result = planned([A], ledger.records)
+    assert only(result, "a").kind == "noop"
+    assert result.wake_at == T0 + seconds(3)
+
+
+def test_a_submitting_intent_of_a_suspended_manifest_is_resolved_but_never_resent():
+    ledger = Ledger()
+    ledger.submitted(desired_intent(A, T0), T0 - seconds(10))
+    action = only(planned([replace(A, suspend=True)], ledger.records), "a")
+    assert action.kind == "resolve"
+    assert action.may_submit is False
+
+
+def test_a_submitting_intent_of_a_removed_manifest_is_resolved_but_never_resent():
+    ledger = Ledger()
+    ledger.submitted(desired_intent(A, T0), T0 - seconds(10))
+    result = planned([], ledger.records)
+    action = only(result, "a")
+    assert action.kind == "resolve"
+    assert action.may_submit is False
+    assert view(result, "a").state == "orphaned"
+
+
+# ------------------------------------------------------------------ failures, retries
+
+
+def test_a_failed_intent_waits_for_its_backoff():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(30))
+    ledger.failed(want, T0 - seconds(5), retry_at=T0 + seconds(5))
+    result = planned([A], ledger.records)
+    action = only(result, "a")
+    assert action.kind == "wait-backoff"
+    assert action.at == T0 + seconds(5)
+    assert result.wake_at == T0 + seconds(5)
+    assert view(result, "a").state == "failed"
+
+
+def test_a_failed_intent_is_retried_once_its_backoff_elapsed_with_the_next_attempt_number():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.failures(want, 1, T0 - minutes(1))
+    action = only(planned([A], ledger.records), "a")
+    assert action.kind == "retry"
+    assert action.attempt == 1
+    assert action.operation_id == operation_id(want.spec_hash, 1)
+
+
+def test_the_last_allowed_retry_is_still_made():
+    ledger = Ledger()
+    want = desired_intent(A, T0)  # retry limit 2: three attempts in all
+    ledger.failures(want, 2, T0 - minutes(2))
+    action = only(planned([A], ledger.records), "a")
+    assert (action.kind, action.attempt) == ("retry", 2)
+
+
+def test_failures_beyond_the_retry_limit_give_up():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.failures(want, 3, T0 - minutes(3))
+    result = planned([A], ledger.records)
+    assert only(result, "a").kind == "give-up"
+    assert view(result, "a").state == "stalled"
+    assert view(result, "a").settled
+
+
+def test_a_next_attempt_scheduled_past_the_deadline_gives_up():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - minutes(25))
+    ledger.failed(want, T0 - minutes(1), retry_at=T0 - minutes(25) + minutes(31))
+    result = planned([A], ledger.records)
+    assert only(result, "a").kind == "give-up"
+    assert "deadline" in only(result, "a").reason
+    assert "30m" in only(result, "a").reason
+
+
+def test_a_retry_that_falls_due_after_the_deadline_gives_up_instead_of_running_late():
+    # the retry was due before the deadline, but the controller was down until after it
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - hours(2))
+    ledger.failed(want, T0 - hours(2) + minutes(1), retry_at=T0 - hours(2) + minutes(2))
+    assert only(planned([A], ledger.records), "a").kind == "give-up"
+
+
+def test_a_pending_intent_past_its_deadline_times_out():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - minutes(30))
+    ledger.accepted(want, T0 - minutes(30), poll_at=T0 + seconds(10))
+    result = planned([A], ledger.records)
+    action = only(result, "a")
+    assert action.kind == "timeout"
+    assert action.operation_id == want.operation_id(0)
+    assert view(result, "a").state == "stalled"
+
+
+def test_the_deadline_counts_from_the_first_submission_not_the_latest_attempt():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.failures(want, 1, T0 - minutes(31))
+    ledger.submitted(want, T0 - minutes(5))
+    ledger.accepted(want, T0 - minutes(5), poll_at=T0 + seconds(10))
+    assert only(planned([A], ledger.records), "a").kind == "timeout"
+
+
+def test_a_pending_intent_before_its_deadline_wakes_the_planner_at_the_deadline():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - minutes(10))
+    ledger.accepted(want, T0 - minutes(10), poll_at=T0 + hours(1))
+    assert planned([A], ledger.records).wake_at == T0 + minutes(20)
+
+
+def test_a_stalled_intent_stays_stalled_and_explains_why():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - minutes(5))
+    ledger.failed(want, T0 - minutes(4), retry_at=None, title="Invalid payload")
+    result = planned([A], ledger.records)
+    assert only(result, "a").kind == "noop"
+    assert view(result, "a").state == "stalled"
+    assert view(result, "a").reason == "Invalid payload"
+    assert result.executable == ()
+
+
+def test_a_stalled_intent_given_a_fresh_budget_is_retried():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.failures(want, 3, T0 - hours(2))
+    ledger.failed(want, T0 - hours(1), retry_at=None)
+    ledger.store.retry("a", now=T0 - seconds(1))
+    action = only(planned([A], ledger.records), "a")
+    assert (action.kind, action.attempt) == ("retry", 3)
+
+
+# ------------------------------------------------------------------ suspend
+
+
+def test_a_suspended_new_intent_is_not_submitted():
+    result = planned([replace(A, suspend=True)], {})
+    assert only(result, "a").kind == "noop"
+    assert view(result, "a").state == "suspended"
+    assert view(result, "a").settled
+
+
+def test_a_suspended_failed_intent_is_not_retried():
+    ledger = Ledger()
+    ledger.failures(desired_intent(A, T0), 1, T0 - minutes(1))
+    result = planned([replace(A, suspend=True)], ledger.records)
+    assert only(result, "a").kind == "noop"
+    assert view(result, "a").state == "suspended"
+
+
+def test_a_suspended_pending_intent_is_still_polled():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.accepted(want, T0 - seconds(10), poll_at=T0)
+    assert only(planned([replace(A, suspend=True)], ledger.records), "a").kind == "poll"
+
+
+# ------------------------------------------------------------------ dependsOn
+
+B_AFTER_A = command("b", depends_on=["a"])
+
+
+def test_a_dependent_waits_while_its_dependency_is_not_yet_submitted():
+    result = planned([A, B_AFTER_A], {})
+    assert only(result, "a").kind == "submit"
+    assert only(result, "b").kind == "wait-dependency"
+    assert "'a' (not yet submitted)" in only(result, "b").reason
+    assert view(result, "b").state == "waiting"
+
+
+def test_a_dependent_waits_while_its_dependency_is_pending():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.accepted(want, T0 - seconds(10), poll_at=T0 + seconds(5))
+    action = only(planned([A, B_AFTER_A], ledger.records), "b")
+    assert action.kind == "wait-dependency"
+    assert "'a' (pending)" in action.reason
+
+
+def test_a_dependent_is_submitted_once_its_dependency_succeeded():
+    ledger = Ledger()
+    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
+    assert only(planned([A, B_AFTER_A], ledger.records), "b").kind == "submit"
+
+
+def test_a_dependent_of_a_stalled_dependency_fails_fast_naming_it():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - minutes(5))
+    ledger.failed(want, T0 - minutes(4), retry_at=None)
+    result = planned([A, B_AFTER_A], ledger.records)
+    assert only(result, "b").kind == "wait-dependency"
+    assert view(result, "b").state == "stalled"
+    assert view(result, "b").settled
+    assert "'a' stalled" in view(result, "b").reason
+    assert "reconciler retry a" in view(result, "b").reason
+
+
+def test_a_stalled_dependency_blocks_its_dependents_transitively():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - minutes(5))
+    ledger.failed(want, T0 - minutes(4), retry_at=None)
+    c = command("c", depends_on=["b"])
+    result = planned([A, B_AFTER_A, c], ledger.records)
+    assert only(result, "c").kind == "wait-dependency"
+    assert view(result, "c").state == "stalled"
+    assert "'b' is blocked" in view(result, "c").reason
+    assert "'a' stalled" in view(result, "c").reason
+
+
+def test_a_dependent_of_a_dependency_that_is_not_loaded_waits_naming_it():
+    result = planned([B_AFTER_A], {})
+    assert only(result, "b").kind == "wait-dependency"
+    assert "'a' is not loaded" in only(result, "b").reason
+
+
+def test_a_dependent_of_a_suspended_dependency_says_so():
+    result = planned([replace(A, suspend=True), B_AFTER_A], {})
+    assert "'a' (suspended)" in only(result, "b").reason
+
+
+def test_a_failed_dependent_is_not_retried_while_its_dependency_is_not_succeeded():
+    ledger = Ledger()
+    a_now = desired_intent(A, T0)
+    ledger.submitted(a_now, T0 - seconds(10))
+    ledger.failures(desired_intent(B_AFTER_A, T0), 1, T0 - minutes(1))
+    assert only(planned([A, B_AFTER_A], ledger.records), "b").kind == "wait-dependency"
+
+
+# ------------------------------------------------------------------ spec changes, removal
+
+
+def test_a_removed_manifest_is_orphaned():
+    ledger = Ledger()
+    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
+    result = planned([], ledger.records)
+    assert only(result, "a").kind == "orphan"
+    assert only(result, "a").reason == "manifest removed"
+    assert view(result, "a").state == "orphaned"
+    assert view(result, "a").settled
+
+
+def test_an_in_flight_intent_of_a_removed_manifest_is_followed_before_it_is_orphaned():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - seconds(10))
+    ledger.accepted(want, T0 - seconds(10), poll_at=T0)
+    result = planned([], ledger.records)
+    assert only(result, "a").kind == "poll"
+    assert view(result, "a").state == "orphaned"
+    assert not view(result, "a").settled
+
+
+def test_an_in_flight_intent_of_a_removed_manifest_is_never_timed_out():
+    ledger = Ledger()
+    want = desired_intent(A, T0)
+    ledger.submitted(want, T0 - hours(5))
+    ledger.accepted(want, T0 - hours(5), poll_at=T0)
+    assert only(planned([], ledger.records), "a").kind == "poll"
+
+
+def test_a_retired_record_is_history_and_gets_no_action():
+    rec = record(A, "succeeded", retired="orphaned")
+    result = planned([], recorded(rec))
+    assert result.actions == ()
+    assert result.views == ()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"payload": {"table": "other"}}, {"rerun": "2024-05-01"}, {"cmd": "vacuum"}],
+    ids=["payload", "rerun", "command"],
+)
+def test_a_changed_spec_is_a_new_intent_and_the_old_record_is_superseded(change):
+    ledger = Ledger()
+    old = desired_intent(A, T0)
+    ledger.ran(old, T0 - minutes(5))
+    changed = command("a", **change)
+    new = desired_intent(changed, T0)
+    assert new.spec_hash != old.spec_hash
+    result = planned([changed], ledger.records)
+    assert kinds(result) == [("submit", "a"), ("orphan", "a")]
+    submit, orphan = actions_of(result, "a")
+    assert submit.spec_hash == new.spec_hash
+    assert orphan.spec_hash == old.spec_hash
+    assert orphan.reason == "spec changed; kept as history"
+    assert view(result, "a").state == "submitting"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"timeout": timedelta(hours=3)}, {"depends_on": ["z"]}, {"suspend": True},
+     {"retry": replace(A.retry, limit=9)}],
+    ids=["timeout", "dependsOn", "suspend", "retry"],
+)
+def test_a_change_outside_the_identity_keeps_a_succeeded_intent_in_sync(change):
+    ledger = Ledger()
+    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
+    result = planned([replace(A, **change)], ledger.records)
+    assert kinds(result) == [("noop", "a")]
+
+
+def test_a_new_intent_waits_while_the_previous_run_of_its_manifest_is_in_flight():
+    ledger = Ledger()
+    old = desired_intent(A, T0)
+    ledger.submitted(old, T0 - seconds(10))
+    ledger.accepted(old, T0 - seconds(10), poll_at=T0)
+    changed = command("a", payload={"table": "other"})
+    result = planned([changed], ledger.records)
+    new_hash = desired_intent(changed, T0).spec_hash
+    assert [(a.kind, a.spec_hash) for a in result.actions] == [
+        ("wait-dependency", new_hash), ("poll", old.spec_hash)]
+    assert "previous run of this manifest" in only_kind(result, "wait-dependency").reason
+    assert view(result, "a").spec_hash == new_hash
+
+
+def test_a_failed_intent_is_not_retried_while_a_previous_run_of_its_manifest_is_in_flight():
+    old_a = command("a", payload={"table": "old"})
+    ledger = Ledger()
+    ledger.failures(desired_intent(A, T0), 1, T0 - minutes(1))
+    ledger.submitted(desired_intent(old_a, T0), T0 - seconds(5))
+    result = planned([A], ledger.records)
+    assert only_kind(result, "wait-dependency").spec_hash == desired_intent(A, T0).spec_hash
+    assert only_kind(result, "resolve").may_submit is False
+
+
+def only_kind(result: Plan, kind: str) -> Action:
+    found = [a for a in result.actions if a.kind == kind]
+    assert len(found) == 1, found
+    return found[0]
+
+
+# ------------------------------------------------------------------ interval
+
+
+def test_an_interval_window_is_its_epoch_aligned_start():
+    cmd = command("a", policy=Interval(every=hours(1)))
+    now = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC)
+    want = desired_intent(cmd, now)
+    assert want.window == "2024-05-01T12:00:00Z"
+    assert want.next_window == datetime(2024, 5, 1, 13, 0, tzinfo=UTC)
+
+
+def test_an_interval_window_of_an_odd_length_is_aligned_to_the_unix_epoch():
+    cmd = command("a", policy=Interval(every=minutes(7)))
+    now = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC)
+    start = int(now.timestamp()) // 420 * 420
+    assert desired_intent(cmd, now).window == (
+        datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+
+
+def test_an_interval_run_is_in_sync_until_the_next_window_which_wakes_the_planner():
+    cmd = command("a", policy=Interval(every=hours(1)))
+    ledger = Ledger()
+    ledger.ran(desired_intent(cmd, T0), T0 + minutes(1))
+    result = planned([cmd], ledger.records, T0 + minutes(30))
+    assert kinds(result) == [("noop", "a")]
+    assert result.wake_at == T0 + hours(1)
+
+
+def test_a_new_interval_window_is_a_new_intent_and_the_previous_window_is_superseded():
+    cmd = command("a", policy=Interval(every=hours(1)))
+    ledger = Ledger()
+    first = desired_intent(cmd, T0)
+    ledger.ran(first, T0 + minutes(1))
+    result = planned([cmd], ledger.records, T0 + hours(1))
+    second = desired_intent(cmd, T0 + hours(1))
+    assert second.spec_hash != first.spec_hash
+    assert [(a.kind, a.spec_hash) for a in result.actions] == [
+        ("submit", second.spec_hash), ("orphan", first.spec_hash)]
+    assert only_kind(result, "submit").reason == "new intent for window 2024-05-01T13:00:00Z"
+
+
+def test_an_interval_run_after_a_long_outage_runs_once_for_the_current_window():
+    cmd = command("a", policy=Interval(every=minutes(10)))
+    ledger = Ledger()
+    ledger.ran(desired_intent(cmd, T0), T0)
+    result = planned([cmd], ledger.records, T0 + timedelta(days=3))
+    assert [a.kind for a in result.actions].count("submit") == 1
+
+
+# ------------------------------------------------------------------ schedule
+
+NIGHTLY = Schedule(cron="0 3 * * *", timezone="UTC", starting_deadline=hours(1))
+
+
+def test_a_schedule_tick_within_its_starting_deadline_is_submitted_for_that_tick():
+    cmd = command("a", policy=NIGHTLY)
+    now = datetime(2024, 5, 1, 3, 20, tzinfo=UTC)
+    result = planned([cmd], {}, now)
+    action = only(result, "a")
+    assert action.kind == "submit"
+    assert action.spec_hash == desired_intent(cmd, now).spec_hash
+    assert desired_intent(cmd, now).window == "2024-05-01T03:00:00Z"
+    assert result.wake_at == datetime(2024, 5, 2, 3, 0, tzinfo=UTC)
+
+
+def test_a_schedule_tick_is_due_at_its_exact_moment():
+    cmd = command("a", policy=NIGHTLY)
+    now = datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
+    assert desired_intent(cmd, now).window == "2024-05-01T03:00:00Z"
+    assert only(planned([cmd], {}, now), "a").kind == "submit"
+
+
+def test_a_schedule_tick_just_before_its_moment_is_not_due_and_wakes_the_planner_at_it():
+    cmd = command("a", policy=NIGHTLY)
+    now = datetime(2024, 5, 1, 2, 59, 59, tzinfo=UTC)
+    result = planned([cmd], {}, now)
+    assert only(result, "a").kind == "wait-schedule"
+    assert result.wake_at == datetime(2024, 5, 1, 3, 0, tzinfo=UTC)
+
+
+def test_a_schedule_tick_older_than_its_starting_deadline_is_skipped_until_the_next_tick():
+    cmd = command("a", policy=NIGHTLY)
+    now = datetime(2024, 5, 1, 5, 0, tzinfo=UTC)
+    result = planned([cmd], {}, now)
+    action = only(result, "a")
+    assert action.kind == "wait-schedule"
+    assert action.at == datetime(2024, 5, 2, 3, 0, tzinfo=UTC)
+    assert "2024-05-01T03:00:00Z missed" in action.reason
+    assert view(result, "a").state == "waiting"
+    assert view(result, "a").settled
+    assert result.changes == ()
+
+
+def test_a_schedule_after_a_long_outage_runs_the_latest_tick_once_and_never_catches_up():
+    cmd = command("a", policy=NIGHTLY)
+    ledger = Ledger()
+    ledger.ran(desired_intent(cmd, datetime(2024, 4, 20, 3, 5, tzinfo=UTC)),
+               datetime(2024, 4, 20, 3, 5, tzinfo=UTC))
+    now = datetime(2024, 5, 1, 3, 30, tzinfo=UTC)
+    result = planned([cmd], ledger.records, now)
+    assert [a.kind for a in result.actions] == ["submit", "orphan"]
+    assert only_kind(result, "submit").spec_hash == desired_intent(cmd, now).spec_hash
+
+
+def test_a_schedule_after_a_long_outage_past_the_deadline_runs_nothing():
+    cmd = command("a", policy=NIGHTLY)
+    ledger = Ledger()
+    ledger.ran(desired_intent(cmd, datetime(2024, 4, 20, 3, 5, tzinfo=UTC)),
+               datetime(2024, 4, 20, 3, 5, tzinfo=UTC))
+    result = planned([cmd], ledger.records, datetime(2024, 5, 1, 9, 0, tzinfo=UTC))
+    assert [a.kind for a in result.actions] == ["wait-schedule", "orphan"]
+
+
+def test_a_schedule_tick_that_already_ran_is_in_sync_even_after_its_deadline():
+    cmd = command("a", policy=NIGHTLY)
+    tick_run = datetime(2024, 5, 1, 3, 1, tzinfo=UTC)
+    ledger = Ledger()
+    ledger.ran(desired_intent(cmd, tick_run), tick_run)
+    result = planned([cmd], ledger.records, datetime(2024, 5, 1, 20, 0, tzinfo=UTC))
+    assert kinds(result) == [("noop", "a")]
+    assert view(result, "a").state == "in_sync"
+
+
+def test_a_schedule_is_read_in_its_time_zone():
+    now = datetime(2024, 5, 1, 1, 30, tzinfo=UTC)  # 03:30 in Prague (CEST, UTC+2)
+    prague = command("a", policy=replace(NIGHTLY, timezone="Europe/Prague"))
+    utc = command("a", policy=NIGHTLY)
+    assert desired_intent(prague, now).window == "2024-05-01T01:00:00Z"
+    assert desired_intent(utc, now).window == "2024-04-30T03:00:00Z"
+    assert only(planned([prague], {}, now), "a").kind == "submit"
+    assert only(planned([utc], {}, now), "a").kind == "wait-schedule"
+
+
+def test_a_schedule_in_a_time_zone_follows_daylight_saving_time():
+    prague = command("a", policy=replace(NIGHTLY, timezone="Europe/Prague"))
+    winter = desired_intent(prague, datetime(2024, 1, 15, 12, 0, tzinfo=UTC))
+    assert winter.window == "2024-01-15T02:00:00Z"  # CET, UTC+1
+
+
+# ------------------------------------------------------------------ in-flight limits
+
+
+def test_new_submissions_beyond_max_in_flight_wait_for_capacity():
+    cmds = [command(n) for n in "abc"]
+    result = planned(cmds, {}, limits=Limits(max_in_flight=2, max_per_service=10))
+    assert kinds(result) == [("submit", "a"), ("submit", "b"), ("wait-capacity", "c")]
+    assert view(result, "c").state == "waiting"
+
+
+def test_operations_already_in_flight_count_against_max_in_flight():
+    busy = command("x")
+    ledger = Ledger()
+    ledger.submitted(desired_intent(busy, T0), T0 - seconds(10))
+    ledger.accepted(desired_intent(busy, T0), T0 - seconds(10), poll_at=T0 + seconds(5))
+    cmds = [command("a"), command("b"), busy]
+    result = planned(cmds, ledger.records, limits=Limits(max_in_flight=2, max_per_service=10))
+    assert kinds(result) == [("submit", "a"), ("wait-capacity", "b"), ("noop", "x")]
+
+
+def test_an_in_flight_orphan_counts_against_the_limits():
+    ledger = Ledger()
+    gone = desired_intent(command("gone"), T0)
+    ledger.submitted(gone, T0 - seconds(10))
+    ledger.accepted(gone, T0 - seconds(10), poll_at=T0 + seconds(5))
+    result = planned([A], ledger.records, limits=Limits(max_in_flight=1, max_per_service=10))
+    assert only(result, "a").kind == "wait-capacity"
+
+
+def test_new_submissions_beyond_max_per_service_wait_for_capacity():
+    cmds = [command("a"), command("b"), command("c", service=OTHER_SERVICE)]
+    result = planned(cmds, {}, limits=Limits(max_in_flight=10, max_per_service=1))
+    assert kinds(result) == [("submit", "a"), ("wait-capacity", "b"), ("submit", "c")]
+    assert SERVICE in only(result, "b").reason
+
+
+def test_retries_are_subject_to_the_limits_too():
+    ledger = Ledger()
+    ledger.failures(desired_intent(A, T0), 1, T0 - minutes(1))
+    busy = command("x")
+    ledger.submitted(desired_intent(busy, T0), T0 - seconds(10))
+    result = planned([A, busy], ledger.records,
+                     limits=Limits(max_in_flight=1, max_per_service=10))
+    assert only(result, "a").kind == "wait-capacity"
+    assert only(result, "a").attempt == 1
+
+
+# ------------------------------------------------------------------ purity, changes
+
+
+def test_plan_is_deterministic_and_does_not_mutate_its_inputs():
+    ledger = Ledger()
+    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
+    ledger.failures(desired_intent(command("b"), T0), 1, T0 - minutes(2))
+    records = ledger.records
+    snapshot = copy.deepcopy(records)
+    cmds = [A, command("b"), command("c", depends_on=["a"])]
+    first = planned(cmds, records)
+    assert planned(cmds, records) == first
+    assert records == snapshot
+
+
+@pytest.mark.parametrize(
+    ("kind", "changes"),
+    [("submit", True), ("retry", True), ("resolve", True), ("timeout", True),
+     ("give-up", True), ("orphan", True), ("poll", False), ("wait-backoff", False),
+     ("wait-dependency", False), ("wait-schedule", False), ("wait-capacity", False),
+     ("noop", False)],
+)
+def test_an_action_is_a_change_per_the_documented_table(kind, changes):
+    assert Action(kind, "a", "hash").changes is changes
+    assert (kind in CHANGE_KINDS) is changes
+
+
+def test_plan_changes_lists_the_changes_and_executable_adds_polls():
+    ledger = Ledger()
+    polled = desired_intent(command("p"), T0)
+    ledger.submitted(polled, T0 - seconds(10))
+    ledger.accepted(polled, T0 - seconds(10), poll_at=T0)
+    cmds = [command("a"), command("b", depends_on=["a"]), command("p")]
+    result = planned(cmds, ledger.records)
+    assert [(a.kind, a.name) for a in result.changes] == [("submit", "a")]
+    assert [(a.kind, a.name) for a in result.executable] == [("submit", "a"), ("poll", "p")]
+
+
+def test_an_action_renders_as_a_dict_for_json_output():
+    action = only(planned([A], {}), "a")
+    assert action.as_dict() == {
+        "action": "submit", "name": "a", "specHash": action.spec_hash,
+        "reason": "new intent", "attempt": 0, "operationId": action.operation_id, "at": None,
+    }
+
+
+# ------------------------------------------------------------------ invariants (hypothesis)
+
+NAMES = "abcde"
+STATES = ("absent", "submitting", "pending", "succeeded", "failed", "stalled")
+
+
+@st.composite
+def scenarios(draw):
+    """Manifests a..e (dependsOn only on earlier ones: no cycles), a recorded state per
+    intent, maybe a superseded or removed manifest's record, limits and a ``now``."""
+    now = T0 + timedelta(seconds=draw(st.integers(0, 3 * 24 * 3600)))
+    chosen = draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=5, unique=True))
+    chosen.sort()
+    cmds, records = [], []
+
+    def state_record(cmd, allow_in_flight=True):
+        states = STATES if allow_in_flight else ("absent", "succeeded", "failed", "stalled")
+        state = draw(st.sampled_from(states))
+        if state == "absent":
+            return None
+        attempts = draw(st.integers(1, 5))
+        first = now - timedelta(minutes=draw(st.integers(0, 120)))
+        return record(
+            cmd, state, now=now, attempts=attempts,
+            retry_base=draw(st.integers(0, attempts)),
+            first_submitted_at=first,
+            next_attempt_at=(now + timedelta(seconds=draw(st.integers(-600, 600)))
+                             if state == "failed" else None),
+            next_poll_at=(draw(st.none() | st.just(now + timedelta(seconds=5)))
+                          if state in ("submitting", "pending") else None),
+        )
+
+    for i, name in enumerate(chosen):
+        policy = draw(st.sampled_from([Once(), Interval(every=minutes(10)),
+                                       Interval(every=hours(1))]))
+        deps = draw(st.lists(st.sampled_from(chosen[:i]), unique=True)) if i else []
+        cmd = command(name, policy=policy, depends_on=deps, suspend=draw(st.booleans()),
+                      service=draw(st.sampled_from([SERVICE, OTHER_SERVICE])),
+                      payload={"v": draw(st.integers(0, 1))})
+        cmds.append(cmd)
+        current = state_record(cmd)
+        if current is not None:
+            records.append(current)
+        if draw(st.booleans()):  # a superseded record: the other payload
+            old = command(name, policy=Once(), service=cmd.service.id or SERVICE,
+                          payload={"v": 1 - cmd.payload["v"]})
+            previous = state_record(old, allow_in_flight=not (current and current.in_flight))
+            if previous is not None:
+                records.append(previous)
+    if draw(st.booleans()):  # a removed manifest
+        gone = state_record(command("gone"))
+        if gone is not None:
+            records.append(gone)
+    limits = Limits(max_in_flight=draw(st.integers(1, 4)), max_per_service=draw(st.integers(1, 3)))
+    return cmds, recorded(*records), now, limits
+
+
+SUBMITS = ("submit", "retry")
+
+
+def may_post(action: Action) -> bool:
+    return action.kind in SUBMITS or (action.kind == "resolve" and action.may_submit)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_planning_invariants(scenario):
+    cmds, records, now, limits = scenario
+    result = planned(cmds, records, now, limits)
+    by_name = {c.name: c for c in cmds}
+    current = {n: desired_intent(c, now).spec_hash for n, c in by_name.items()}
+    posting = [a for a in result.actions if may_post(a)]
+    new = [a for a in result.actions if a.kind in SUBMITS]
+
+    # never two concurrent submissions for one intent, nor for one manifest
+    assert max(Counter(a.spec_hash for a in posting).values(), default=0) <= 1
+    assert max(Counter(a.name for a in posting).values(), default=0) <= 1
+
+    for a in new:
+        rec = records.get(a.spec_hash)
+        # a succeeded, in-flight or stalled intent is never (re)submitted
+        assert rec is None or rec.status == "failed"
+        assert (rec is None) == (a.kind == "submit")
+        # a suspended manifest never submits
+        assert not by_name[a.name].suspend
+        # the operation id is the deterministic one of that attempt
+        assert a.operation_id == operation_id(a.spec_hash, a.attempt)
+        assert a.spec_hash == current[a.name]
+        # dependencies have succeeded, and no other run of the manifest is in flight
+        for dep in by_name[a.name].depends_on:
+            dep_rec = records.get(current[dep])
+            assert dep_rec is not None and dep_rec.status == "succeeded"
+        assert not any(r.in_flight for r in records.values() if r.name == a.name)
+
+    for a in result.actions:
+        if a.kind == "resolve" and a.name in by_name and by_name[a.name].suspend:
+            assert not a.may_submit
+
+    # every desired manifest has exactly one view
+    view_names = Counter(v.name for v in result.views)
+    assert all(view_names[n] == 1 for n in by_name)
+    assert max(view_names.values(), default=0) == 1
+
+    # new submissions fit in the free capacity
+    in_flight = [r for r in records.values() if r.in_flight]
+    assert len(new) <= max(0, limits.max_in_flight - len(in_flight))
+    for service in (SERVICE, OTHER_SERVICE):
+        busy = sum(1 for r in in_flight if r.service == service)
+        on_service = sum(1 for a in new if by_name[a.name].service.id == service)
+        assert on_service <= max(0, limits.max_per_service - busy)
+
+    # every recorded intent nobody asks for any more gets exactly one action
+    for rec in records.values():
+        if rec.spec_hash not in current.values():
+            assert len([a for a in result.actions if a.spec_hash == rec.spec_hash]) == 1
+
+    # pure: the same input gives the same plan
+    assert planned(cmds, records, now, limits) == result
+
+
+@settings(max_examples=100, deadline=None)
+@given(scenarios(), st.integers(1, 48))
+def test_a_succeeded_once_intent_is_never_resubmitted_later(scenario, later_hours):
+    cmds, _, now, limits = scenario
+    once = [replace(c, policy=Once()) for c in cmds]
+    done = recorded(*(record(c, "succeeded", now=now) for c in once))
+    result = planned(once, done, now + hours(later_hours), limits)
+    assert [a.kind for a in result.actions] == ["noop"] * len(once)

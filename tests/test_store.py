@@ -1,0 +1,463 @@
+"""The SQLite state store: schema and migrations, every transition, history, crashes.
+
+Each transition is one transaction; the crash test SIGKILLs a process in the middle of a
+stream of transitions and checks that what it left behind is whole and consistent.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from plan_support import T0, Ledger, command, hours, minutes, seconds
+
+from reconciler.errors import StoreError
+from reconciler.plan import Desired, desired_intent
+from reconciler.store import SCHEMA_VERSION, Store
+
+A = desired_intent(command("a"), T0)
+B = desired_intent(command("b"), T0)
+
+
+def a_version(n: str) -> Desired:
+    """Another intent of manifest ``a`` (a changed payload)."""
+    return desired_intent(command("a", payload={"version": n}), T0)
+
+
+@pytest.fixture
+def ledger() -> Ledger:
+    return Ledger()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "state" / "reconciler.db"
+
+
+def op_rows(store: Store, name: str = "a") -> list[tuple[str, int, str]]:
+    return [(o.operation_id, o.attempt, o.status) for o in store.operations(name=name)]
+
+
+# ------------------------------------------------------------------ schema, opening
+
+
+def test_a_new_store_has_the_current_schema_version_and_uses_wal(path):
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        store.check()
+
+
+def test_reopening_a_store_keeps_its_data_and_runs_no_migration(path, monkeypatch):
+    with Store(path) as store:
+        Ledger(store).submitted(A, T0)
+
+    class NoMigrations(Sequence[str]):
+        def __getitem__(self, index):
+            raise AssertionError("a migration ran again")
+
+        def __len__(self) -> int:
+            return SCHEMA_VERSION
+
+    monkeypatch.setattr("reconciler.store._MIGRATIONS", NoMigrations())
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert list(store.intents()) == [A.spec_hash]
+
+
+def test_a_store_with_a_newer_schema_is_refused_naming_both_versions(path):
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match=rf"version {SCHEMA_VERSION + 1}.*\({SCHEMA_VERSION}\)"):
+        Store(path)
+    with pytest.raises(StoreError, match=f"version {SCHEMA_VERSION + 1}"):
+        Store(path, readonly=True)
+
+
+def test_a_file_that_is_not_a_database_is_refused(path):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a database at all" * 100)
+    with pytest.raises(StoreError, match="cannot open state store"):
+        Store(path)
+
+
+def test_two_connections_creating_the_same_new_store_at_once_both_succeed(tmp_path):
+    for i in range(10):
+        target = tmp_path / f"race-{i}.db"
+        errors: list[BaseException] = []
+        gate = threading.Barrier(2)
+
+        def open_store(target: Path = target, gate: threading.Barrier = gate,
+                       errors: list[BaseException] = errors) -> None:
+            gate.wait()
+            try:
+                Store(target).close()
+            except StoreError as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        with Store(target) as store:
+            assert store.schema_version == SCHEMA_VERSION
+
+
+def test_a_readonly_store_never_changes_the_database_file(path):
+    with Store(path) as store:
+        Ledger(store).submitted(A, T0)
+    before = (path.stat().st_mtime_ns, path.stat().st_size, path.read_bytes())
+    with Store(path, readonly=True) as store:
+        assert list(store.intents()) == [A.spec_hash]
+        with pytest.raises(StoreError):
+            store.retire(A.spec_hash, why="orphaned", now=T0)
+        with pytest.raises(StoreError):
+            store.begin_attempt(B.new_intent(), attempt=0, operation_id=B.operation_id(0),
+                                service_id=None, now=T0, revision="r")
+    after = (path.stat().st_mtime_ns, path.stat().st_size, path.read_bytes())
+    assert after == before
+
+
+@pytest.mark.xfail(strict=True, reason="SQLite reads a WAL database only through its -wal "
+                   "and -shm files, and creates them when they are missing")
+def test_a_readonly_store_creates_no_file_beside_the_database(path):
+    Store(path).close()
+    before = sorted(p.name for p in path.parent.iterdir())
+    with Store(path, readonly=True) as store:
+        store.intents()
+    assert sorted(p.name for p in path.parent.iterdir()) == before
+
+
+def test_a_readonly_store_is_never_created(path):
+    with pytest.raises(StoreError):
+        Store(path, readonly=True)
+    assert not path.exists()
+    assert not path.parent.exists()
+
+
+# ------------------------------------------------------------------ transitions
+
+
+def test_begin_attempt_records_a_new_intent_as_submitting_before_its_post(ledger):
+    ledger.submitted(A, T0)
+    rec = ledger.intent(A)
+    assert (rec.status, rec.attempts, rec.operation_id) == ("submitting", 1, A.operation_id(0))
+    assert rec.first_submitted_at == rec.attempt_started_at == T0
+    assert (rec.name, rec.window, rec.canonical) == ("a", "", A.canonical)
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "submitting")]
+
+
+def test_begin_attempt_of_a_retry_keeps_the_first_submission_time(ledger):
+    ledger.failures(A, 1, T0)
+    ledger.submitted(A, T0 + minutes(1))
+    rec = ledger.intent(A)
+    assert (rec.status, rec.attempts, rec.operation_id) == ("submitting", 2, A.operation_id(1))
+    assert rec.first_submitted_at == T0
+    assert rec.attempt_started_at == T0 + minutes(1)
+    assert rec.next_attempt_at is None
+    assert [row[1:] for row in op_rows(ledger.store)] == [(0, "failed"), (1, "submitting")]
+
+
+def test_begin_attempt_sending_the_same_attempt_again_keeps_one_operation_row(ledger):
+    ledger.submitted(A, T0)
+    ledger.submitted(A, T0 + seconds(5), attempt=0)
+    assert ledger.intent(A).attempts == 1
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "submitting")]
+    assert ledger.store.operations()[0].submitted_at == T0 + seconds(5)
+
+
+def test_mark_pending_records_the_operation_as_running(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0 + seconds(1), poll_at=T0 + seconds(2))
+    rec = ledger.intent(A)
+    assert (rec.status, rec.next_poll_at, rec.poll_count) == ("pending", T0 + seconds(2), 0)
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "pending")]
+
+
+def test_mark_pending_records_the_id_the_server_chose_instead_of_the_sent_one(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0 + seconds(1), server_id="server-chosen-id")
+    assert ledger.intent(A).operation_id == "server-chosen-id"
+    assert op_rows(ledger.store) == [("server-chosen-id", 0, "pending")]
+
+
+def test_mark_pending_clears_the_error_of_a_deferred_lookup(ledger):
+    ledger.submitted(A, T0)
+    ledger.store.defer(A.spec_hash, now=T0, next_poll_at=T0 + seconds(1),
+                       error={"title": "Unavailable"})
+    ledger.accepted(A, T0 + seconds(1))
+    assert ledger.intent(A).last_error is None
+
+
+def test_mark_succeeded_finishes_the_intent_and_its_operation(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0)
+    ledger.succeeded(A, T0 + seconds(9))
+    rec = ledger.intent(A)
+    assert (rec.status, rec.succeeded_at, rec.next_poll_at) == ("succeeded", T0 + seconds(9), None)
+    [op] = ledger.store.operations()
+    assert (op.status, op.finished_at, op.result) == ("succeeded", T0 + seconds(9), {"ok": True})
+
+
+def test_mark_failed_with_a_next_attempt_time_persists_it(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0)
+    ledger.failed(A, T0 + seconds(3), retry_at=T0 + seconds(13), title="Busy")
+    rec = ledger.intent(A)
+    assert (rec.status, rec.next_attempt_at, rec.next_poll_at) == (
+        "failed", T0 + seconds(13), None)
+    assert rec.last_error == {"title": "Busy", "detail": "it broke"}
+    [op] = ledger.store.operations()
+    assert (op.status, op.finished_at, op.error) == (
+        "failed", T0 + seconds(3), {"title": "Busy", "detail": "it broke"})
+
+
+def test_mark_failed_without_a_next_attempt_stalls_the_intent(ledger):
+    ledger.submitted(A, T0)
+    ledger.failed(A, T0 + seconds(3), retry_at=None)
+    assert ledger.intent(A).status == "stalled"
+    assert ledger.intent(A).next_attempt_at is None
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "failed")]
+
+
+def test_mark_failed_as_timed_out_records_that_outcome_on_the_operation(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0)
+    ledger.store.mark_failed(A.spec_hash, operation_id=A.operation_id(0), now=T0 + minutes(30),
+                             error={"title": "Timed out"}, next_attempt_at=None,
+                             outcome="timed_out")
+    assert ledger.intent(A).status == "stalled"
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "timed_out")]
+
+
+def test_mark_failed_without_an_operation_stalls_the_intent_only(ledger):
+    ledger.failures(A, 1, T0)
+    ledger.store.mark_failed(A.spec_hash, operation_id=None, now=T0 + minutes(1),
+                             error={"title": "Gave up"}, next_attempt_at=None)
+    assert ledger.intent(A).status == "stalled"
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "failed")]
+
+
+def test_record_stalled_records_an_intent_that_could_not_be_submitted(ledger):
+    ledger.store.record_stalled(A.new_intent(), now=T0, error={"title": "Service not found"},
+                                revision="r")
+    rec = ledger.intent(A)
+    assert (rec.status, rec.attempts, rec.operation_id) == ("stalled", 0, None)
+    assert rec.last_error == {"title": "Service not found"}
+    assert ledger.store.operations() == []
+
+
+def test_record_stalled_of_a_failed_intent_stalls_it_and_keeps_its_history(ledger):
+    ledger.failures(A, 1, T0)
+    ledger.store.record_stalled(A.new_intent(), now=T0 + minutes(1),
+                                error={"title": "Service not found"}, revision="r")
+    rec = ledger.intent(A)
+    assert (rec.status, rec.attempts, rec.next_attempt_at) == ("stalled", 1, None)
+    assert len(ledger.store.operations()) == 1
+
+
+def test_defer_schedules_the_next_lookup_and_counts_it(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0)
+    ledger.store.defer(A.spec_hash, now=T0 + seconds(1), next_poll_at=T0 + seconds(8),
+                       error={"title": "Unavailable"})
+    ledger.store.defer(A.spec_hash, now=T0 + seconds(8), next_poll_at=T0 + seconds(20))
+    rec = ledger.intent(A)
+    assert (rec.status, rec.next_poll_at, rec.poll_count) == ("pending", T0 + seconds(20), 2)
+    assert rec.last_error == {"title": "Unavailable"}
+
+
+def test_forget_attempt_of_a_first_attempt_leaves_the_intent_unrecorded(ledger):
+    ledger.submitted(A, T0)
+    ledger.store.forget_attempt(A.spec_hash, operation_id=A.operation_id(0), now=T0)
+    assert ledger.store.intent(A.spec_hash) is None
+    assert ledger.store.operations() == []
+
+
+def test_forget_attempt_of_a_retry_returns_the_intent_to_failed_due_now(ledger):
+    ledger.failures(A, 1, T0)
+    ledger.submitted(A, T0 + minutes(1))
+    ledger.store.forget_attempt(A.spec_hash, operation_id=A.operation_id(1),
+                                now=T0 + minutes(2))
+    rec = ledger.intent(A)
+    assert (rec.status, rec.attempts, rec.next_attempt_at) == ("failed", 1, T0 + minutes(2))
+    assert op_rows(ledger.store) == [(A.operation_id(0), 0, "failed")]
+
+
+def test_forget_attempt_of_an_unknown_intent_changes_nothing(ledger):
+    ledger.ran(B, T0)
+    ledger.store.forget_attempt(A.spec_hash, operation_id=A.operation_id(0), now=T0)
+    assert list(ledger.records) == [B.spec_hash]
+
+
+@pytest.mark.parametrize("why", ["orphaned", "superseded"])
+def test_retire_keeps_the_intent_as_history_only(ledger, why):
+    ledger.ran(A, T0)
+    ledger.store.retire(A.spec_hash, why=why, now=T0 + minutes(1))
+    assert ledger.records == {}
+    assert ledger.store.intents(include_retired=True)[A.spec_hash].retired == why
+    assert len(ledger.store.operations(name="a")) == 1
+
+
+def test_retry_gives_a_stalled_intent_a_fresh_budget_and_deadline_due_now(ledger):
+    ledger.failures(A, 3, T0)
+    ledger.failed(A, T0 + minutes(2), retry_at=None)
+    assert ledger.store.retry("a", now=T0 + hours(1)) == [A.spec_hash]
+    rec = ledger.intent(A)
+    assert (rec.status, rec.retry_base, rec.attempts) == ("failed", 3, 3)
+    assert rec.first_submitted_at is None
+    assert rec.next_attempt_at == T0 + hours(1)
+
+
+def test_retry_leaves_succeeded_in_flight_and_retired_intents_alone(ledger):
+    ledger.ran(A, T0)
+    old = a_version("old")
+    ledger.submitted(old, T0)
+    ledger.failed(old, T0, retry_at=None)
+    ledger.store.retire(old.spec_hash, why="superseded", now=T0)
+    ledger.submitted(B, T0)
+    assert ledger.store.retry("a", now=T0) == []
+    assert ledger.store.retry("b", now=T0) == []
+    assert ledger.intent(A).status == "succeeded"
+    assert ledger.intent(B).status == "submitting"
+
+
+def test_a_retried_intent_starts_its_new_deadline_at_its_next_submission(ledger):
+    ledger.failures(A, 1, T0)
+    ledger.store.retry("a", now=T0 + hours(1))
+    ledger.submitted(A, T0 + hours(2))
+    assert ledger.intent(A).first_submitted_at == T0 + hours(2)
+
+
+# ------------------------------------------------------------------ history, retention
+
+
+def test_history_keeps_every_attempt_of_every_intent_of_a_manifest(ledger):
+    ledger.failures(A, 2, T0)
+    ledger.ran(A, T0 + minutes(5))
+    newer = a_version("2")
+    ledger.store.retire(A.spec_hash, why="superseded", now=T0 + minutes(6))
+    ledger.ran(newer, T0 + minutes(7))
+    ledger.ran(B, T0)
+    assert [(o.spec_hash, o.attempt, o.status) for o in ledger.store.operations(name="a")] == [
+        (A.spec_hash, 0, "failed"), (A.spec_hash, 1, "failed"),
+        (A.spec_hash, 2, "succeeded"), (newer.spec_hash, 0, "succeeded")]
+    assert [r.spec_hash for r in ledger.store.intents_named("a")] == [
+        A.spec_hash, newer.spec_hash]
+    assert ledger.store.names() == {"a", "b"}
+    assert ledger.store.latest_by_name()["a"].spec_hash == newer.spec_hash
+
+
+def test_prune_drops_the_oldest_retired_intents_beyond_retention_with_their_operations():
+    ledger = Ledger(retention=2)
+    versions = [a_version(str(i)) for i in range(5)]
+    for i, want in enumerate(versions):
+        ledger.ran(want, T0 + minutes(i))
+        ledger.store.retire(want.spec_hash, why="superseded", now=T0 + minutes(i) + seconds(30))
+    ledger.ran(B, T0)
+    ledger.store.retire(B.spec_hash, why="orphaned", now=T0)
+    assert ledger.store.prune() == 3
+    kept = [r.spec_hash for r in ledger.store.intents_named("a")]
+    assert kept == [versions[3].spec_hash, versions[4].spec_hash]
+    assert {o.spec_hash for o in ledger.store.operations(name="a")} == set(kept)
+    assert [r.name for r in ledger.store.intents_named("b")] == ["b"]
+
+
+def test_prune_never_drops_current_or_in_flight_intents():
+    ledger = Ledger(retention=1)
+    versions = [a_version(str(i)) for i in range(3)]
+    for i, want in enumerate(versions):
+        ledger.submitted(want, T0 + minutes(i))
+    ledger.store.retire(versions[0].spec_hash, why="superseded", now=T0 + minutes(5))
+    assert ledger.store.prune() == 0
+    assert len(ledger.store.intents_named("a")) == 3
+
+
+# ------------------------------------------------------------------ crash consistency
+
+WORKER = r"""
+import sys
+from datetime import UTC, datetime, timedelta
+from reconciler.store import NewIntent, Store
+
+store = Store(sys.argv[1])
+run = sys.argv[2]
+t0 = datetime(2024, 5, 1, tzinfo=UTC)
+print("ready", flush=True)
+for i in range(100_000):
+    h = f"{run}-{i:06d}"
+    now = t0 + timedelta(seconds=i)
+    intent = NewIntent(h, f"n-{h}", "svc", "reindex", "", "{}")
+    store.begin_attempt(intent, attempt=0, operation_id=h + "/0", service_id="svc",
+                        now=now, revision=run)
+    if i % 3 == 0:  # a failure, then a retry
+        store.mark_pending(h, operation_id=h + "/0", sent_operation_id=h + "/0", now=now,
+                           next_poll_at=now)
+        store.mark_failed(h, operation_id=h + "/0", now=now, error={"title": "x"},
+                          next_attempt_at=now)
+        store.begin_attempt(intent, attempt=1, operation_id=h + "/1", service_id="svc",
+                            now=now, revision=run)
+    sent = h + f"/{1 if i % 3 == 0 else 0}"
+    answered = sent + "-server" if i % 2 else sent
+    store.mark_pending(h, operation_id=answered, sent_operation_id=sent, now=now,
+                       next_poll_at=now)
+    store.mark_succeeded(h, operation_id=answered, now=now, result={"i": i})
+"""
+
+
+def assert_consistent(path: Path) -> int:
+    """Check what a killed writer left behind; return the number of intents."""
+    with Store(path) as store:
+        store.check()
+        db = store._db
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        ops: dict[str, list] = {}
+        for op in store.operations():
+            ops.setdefault(op.spec_hash, []).append(op)
+        intents = store.intents()
+        assert set(ops) <= set(intents), "an operation without its intent"
+        for h, rec in intents.items():
+            mine = sorted(ops.get(h, []), key=lambda o: o.attempt)
+            assert rec.attempts == len(mine), rec
+            assert [o.attempt for o in mine] == list(range(rec.attempts))
+            latest = {o.operation_id: o for o in mine}.get(rec.operation_id)
+            assert latest is not None and latest.attempt == rec.current_attempt, rec
+            assert all(o.status == "failed" for o in mine[:-1])
+            expected = {"submitting": "submitting", "pending": "pending",
+                        "succeeded": "succeeded", "failed": "failed"}[rec.status]
+            assert latest.status == expected, (rec, latest)
+            if rec.status == "succeeded":
+                assert latest.result is not None and rec.succeeded_at is not None
+        return len(intents)
+
+
+def test_a_kill_9_at_any_moment_leaves_a_whole_and_consistent_store(tmp_path):
+    path = tmp_path / "crash.db"
+    Store(path).close()
+    rng = random.Random(20240501)
+    for run in range(10):
+        worker = subprocess.Popen([sys.executable, "-c", WORKER, str(path), f"r{run}"],
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            assert worker.stdout is not None
+            assert worker.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.02, 0.2))
+        finally:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        assert worker.returncode == -signal.SIGKILL
+        total = assert_consistent(path)
+    assert total > 0, "the workers recorded nothing before they were killed"
+
