@@ -10,9 +10,9 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from types import MappingProxyType
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml

@@ -340,10 +340,10 @@ class Daemon:
         assert self.metrics is not None and self.store is not None
         self._source.mark()
         load = load_manifests(self.settings.manifests)
-        for problem in load.problems:
+        changed = self.load is None or load.revision != self.load.revision
+        for problem in load.problems if changed else ():
             log.error("invalid_manifest", file=problem.file, line=problem.line,
                       name=problem.name, message=problem.message)
-        changed = self.load is None or load.revision != self.load.revision
         self.load = load
         self.metrics.loaded(((c.name, c.service.label, c.command) for c in load.commands),
                             invalid=load.invalid, revision=load.revision)

@@ -66,7 +66,8 @@ class StoreCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         failed = GaugeMetricFamily(
             PREFIX + "command_failed",
-            "1 while the manifest's current intent has its last attempt failed or stalled.",
+            "1 while the manifest's current intent has its last finished attempt failed "
+            "(retrying or stalled); 0 once an attempt succeeds.",
             labels=["name", "service", "command"],
         )
         last_success = GaugeMetricFamily(
@@ -89,7 +90,10 @@ class StoreCollector(Collector):
                 if rec.spec_hash in current and rec.updated_at.timestamp() >= order.get(
                         rec.name, float("-inf")):
                     order[rec.name] = rec.updated_at.timestamp()
-                    latest[rec.name] = rec.status
+                    # A retry in flight does not clear the failure: the alert stays up
+                    # until an attempt succeeds, instead of flapping with every retry.
+                    retrying = rec.in_flight and rec.attempts > 1
+                    latest[rec.name] = "failed" if retrying else rec.status
             for name in sorted(known):
                 k = known[name]
                 bad = latest.get(name) in ("failed", "stalled")

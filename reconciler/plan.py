@@ -246,6 +246,29 @@ def plan(
         blocked_memo[name] = result
         return result
 
+    parked_memo: dict[str, bool] = {}
+
+    def parked(name: str) -> bool:
+        """``name`` waits on a dependency that cannot start without a human: one that is
+        not loaded (removed or invalid) or suspended, directly or through others. Such a
+        wait is settled: ``--once`` must not wait for it forever."""
+        if name in parked_memo:
+            return parked_memo[name]
+        parked_memo[name] = False
+        result = False
+        for dep in wants[name].command.depends_on:
+            rec = current(dep)
+            if rec is not None and rec.status == "succeeded":
+                continue
+            if (dep not in wants
+                    or (wants[dep].command.suspend
+                        and (rec is None or rec.status == "failed"))
+                    or parked(dep)):
+                result = True
+                break
+        parked_memo[name] = result
+        return result
+
     def waiting_on(want: Desired) -> str | None:
         for dep in want.command.depends_on:
             if dep not in wants:
@@ -359,7 +382,7 @@ def plan(
                 why = waiting_on(want)
                 if why is not None:
                     add(Action("wait-dependency", name, want.spec_hash, why),
-                        View(name, "failed", why, want.spec_hash))
+                        View(name, "failed", why, want.spec_hash, settled=parked(name)))
                 else:
                     start("retry", want, rec.attempts,
                           f"attempt {rec.attempts + 1} of {cmd.retry.limit + 1 + rec.retry_base}")
@@ -380,7 +403,7 @@ def plan(
         why = waiting_on(want)
         if why is not None:
             add(Action("wait-dependency", name, want.spec_hash, why),
-                View(name, "waiting", why, want.spec_hash))
+                View(name, "waiting", why, want.spec_hash, settled=parked(name)))
             continue
         window = f" for window {want.window}" if want.window else ""
         start("submit", want, 0, f"new intent{window}")

@@ -199,6 +199,13 @@ def only(result: Plan, name: str) -> Action:
     return found[0]
 
 
+def only_kind(result: Plan, kind: str) -> Action:
+    """The one action of ``kind`` in the plan."""
+    found = [a for a in result.actions if a.kind == kind]
+    assert len(found) == 1, f"expected one {kind}, got {found}"
+    return found[0]
+
+
 def view(result: Plan, name: str) -> View:
     found = [v for v in result.views if v.name == name]
     assert len(found) == 1, f"expected one view of {name}, got {found}"

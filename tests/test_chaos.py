@@ -5,12 +5,16 @@ executes again, so any blind re-POST shows up as a second execution) and with fa
 503s, 429s, connections dropped after the run was accepted, a little latency. The daemon
 (``reconciler run --once``) is started and SIGKILLed at seeded random moments (50 ms to
 1.5 s after its start: during interpreter start-up, probing, submitting, resolving and
-polling), at least ``CHAOS_KILLS`` times, then run to its end without kills. Afterwards
-``GET /_emulator/executions`` must show, per manifest: exactly one execution of a
-succeeding command, exactly ``retry.limit + 1`` of an always failing one, exactly 2 of a
-command failing its first execution, none of a manifest blocked behind a failing one;
-every operation id executed at most once; every manifest settled. Finally the state store
-is deleted and the daemon runs again: it must adopt everything and execute nothing.
+polling), at least ``CHAOS_KILLS`` times, then run to its end without kills. Whenever a
+run settles everything before its kill, every manifest's ``rerun`` is bumped (a new
+generation of intents, the old ones superseded), so later kills land on fresh work rather
+than on idle restarts. Afterwards ``GET /_emulator/executions`` must show, per manifest
+and generation: exactly one execution of a succeeding command, exactly
+``retry.limit + 1`` of an always failing one, exactly 2 of a command failing its first
+execution (1 in later generations: the emulator's ``failTimes`` counts per command), none
+of a manifest blocked behind a failing one; every operation id executed at most once;
+every manifest settled. Finally the state store is deleted and the daemon runs again: it
+must adopt everything and execute nothing.
 
 Known, accepted race (DESIGN section 3): a run POST killed mid-flight that the server
 processes only *after* the restarted daemon's lookup of the same id answered 404 would
@@ -20,7 +24,9 @@ not show up here; if it ever does, the assertion below reports the operation id,
 run logs in ``tmp_path/logs`` tell which run posted it.
 
 Default: 20 kills, 30 manifests (well under 90 s). The big run is opt-in:
-``CHAOS_KILLS=200 CHAOS_MANIFESTS=100 pytest -m slow tests/test_chaos.py``.
+``CHAOS_KILLS=200 CHAOS_MANIFESTS=100 pytest -m slow tests/test_chaos.py`` (also
+``CHAOS_SEED``, ``CHAOS_MAX_DELAY``: the latest kill moment, default 2.5 s there, as
+loading 100 manifests makes start-up longer).
 """
 
 from __future__ import annotations
@@ -50,11 +56,12 @@ DAEMON_FLAGS = ("--rate-limit", "0")
 
 
 def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
-           manifests: int, seed: int, final_timeout: float) -> None:
+           manifests: int, seed: int, final_timeout: float, max_delay: float) -> None:
     started = time.monotonic()
     scenario = build_scenario(manifests, seed=seed, faults=FAULTS)
     config, folder = scenario.write(tmp_path)
-    ids = operation_ids(folder)
+    generation = 0
+    ids = {op: (name, 0) for op, name in operation_ids(folder).items()}
     db = tmp_path / "state.db"
     emulator = EmulatorProcess(config, tmp_path / "emulator.log")
     try:
@@ -66,15 +73,22 @@ def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
         while delivered < kills:
             runs += 1
             assert runs <= kills * 3, "the daemon keeps exiting before it can be killed"
-            # 50 ms .. 1.5 s, skewed late (sqrt): the interpreter alone needs ~0.6 s to
-            # start, and most kills should land while the daemon is probing, submitting,
-            # resolving or polling, not before it did anything
-            run = daemon.run_and_kill(0.05 + 1.45 * rng.random() ** 0.5)
+            # 50 ms .. max_delay, skewed late (sqrt): the interpreter alone needs ~0.6 s
+            # to start, and most kills should land while the daemon is probing,
+            # submitting, resolving or polling, not before it did anything
+            run = daemon.run_and_kill(0.05 + (max_delay - 0.05) * rng.random() ** 0.5)
             if run.killed:
                 delivered += 1
                 phases[run.phase()] += 1
             else:
                 assert run.returncode in (0, 1), run.log.read_text()[-3000:]
+            if not run.killed or run.phase() == "converged":
+                # This generation settled: bump every manifest's rerun, so the kills to
+                # come land on fresh work (and on spec changes) instead of idle restarts.
+                generation += 1
+                scenario.write(tmp_path, generation)
+                ids.update((op, (name, generation))
+                           for op, name in operation_ids(folder).items())
         kill_elapsed = time.monotonic() - started
         executions_at_last_kill = len(emulator.executions())
 
@@ -92,14 +106,14 @@ def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
         assert not twice, (
             f"operation ids executed more than once (double run): {twice}; "
             f"logs in {daemon.logs}")
-        wrong = {name: (per_name[name], exp.executions)
-                 for name, exp in scenario.expected.items()
-                 if per_name[name] != exp.executions}
-        assert not wrong, f"executions per manifest (got, want): {wrong}"
+        wrong = {f"{name}@{gen}": (per_name[name, gen], scenario.executions(name, gen))
+                 for name in scenario.expected for gen in range(generation + 1)
+                 if per_name[name, gen] != scenario.executions(name, gen)}
+        assert not wrong, f"executions per manifest@generation (got, want): {wrong}"
         # every execution carried its manifest's payload
         payloads = {m["metadata"]["name"]: m["spec"]["payload"] for m in scenario.manifests}
         for execution in executions:
-            assert execution["payload"] == payloads[ids[execution["operationId"]]]
+            assert execution["payload"] == payloads[ids[execution["operationId"]][0]]
             assert execution["status"] in ("succeeded", "failed")
 
         rows = status(folder, db)
@@ -135,7 +149,8 @@ def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
         with capsys.disabled():
             print(
                 f"\nchaos: {delivered} kills in {runs} runs ({kill_elapsed:.1f}s), "
-                f"{manifests} manifests, {len(executions)} executions "
+                f"{manifests} manifests x {generation + 1} generations, "
+                f"{len(executions)} executions "
                 f"({executions_at_last_kill} before the final run), {posts} run POSTs "
                 f"processed, {unknown} with outcome unknown, {resent} attempts re-sent "
                 f"after a lookup 404, 0 double runs; final run {final.elapsed:.1f}s, "
@@ -149,7 +164,8 @@ def _chaos(tmp_path: Path, capsys: pytest.CaptureFixture[str], *, kills: int,
 @pytest.mark.timeout(240)
 def test_kill_minus_nine_never_runs_a_command_twice_nor_forgets_one(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _chaos(tmp_path, capsys, kills=20, manifests=30, seed=20240611, final_timeout=90)
+    _chaos(tmp_path, capsys, kills=20, manifests=30, seed=20240611, final_timeout=90,
+           max_delay=1.5)
 
 
 @pytest.mark.slow
@@ -157,4 +173,5 @@ def test_kill_minus_nine_never_runs_a_command_twice_nor_forgets_one(
 def test_kill_minus_nine_big(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _chaos(tmp_path, capsys, kills=int(os.environ.get("CHAOS_KILLS", "200")),
            manifests=int(os.environ.get("CHAOS_MANIFESTS", "100")),
-           seed=int(os.environ.get("CHAOS_SEED", "7")), final_timeout=600)
+           seed=int(os.environ.get("CHAOS_SEED", "7")), final_timeout=600,
+           max_delay=float(os.environ.get("CHAOS_MAX_DELAY", "2.5")))

@@ -274,6 +274,21 @@ def test_command_failed_and_last_success_come_from_the_store(tmp_path: Path,
     assert value(samples, "command_failed", name="gamma") == 0
 
 
+def test_command_failed_stays_up_while_a_retry_runs(tmp_path: Path, store: Store) -> None:
+    metrics = Metrics(store)
+    load = _load(tmp_path, "alpha")
+    _feed_load(metrics, load)
+    current = plan(load.commands, store.intents(), NOW)
+    _record(store, current, "alpha", "failed", at=NOW)
+    _record(store, current, "alpha", "pending", at=NOW + timedelta(minutes=1), attempt=1)
+    _, samples = scrape(metrics)
+    assert value(samples, "command_failed", name="alpha") == 1
+
+    _record(store, current, "alpha", "succeeded", at=NOW + timedelta(minutes=2), attempt=1)
+    _, samples = scrape(metrics)
+    assert value(samples, "command_failed", name="alpha") == 0
+
+
 def test_removed_manifest_leaves_no_stale_series(tmp_path: Path, store: Store) -> None:
     metrics = Metrics(store)
     load = _load(tmp_path, "alpha", "beta")

@@ -25,6 +25,7 @@ from plan_support import (
     kinds,
     minutes,
     only,
+    only_kind,
     planned,
     record,
     recorded,
@@ -34,7 +35,7 @@ from plan_support import (
 
 from reconciler.identity import operation_id
 from reconciler.manifests import Interval, Once, Schedule
-from reconciler.plan import CHANGE_KINDS, Action, Limits, Plan, desired_intent
+from reconciler.plan import CHANGE_KINDS, Action, Limits, desired_intent
 
 A = command("a")
 
@@ -453,12 +454,6 @@ def test_a_failed_intent_is_not_retried_while_a_previous_run_of_its_manifest_is_
     result = planned([A], ledger.records)
     assert only_kind(result, "wait-dependency").spec_hash == desired_intent(A, T0).spec_hash
     assert only_kind(result, "resolve").may_submit is False
-
-
-def only_kind(result: Plan, kind: str) -> Action:
-    found = [a for a in result.actions if a.kind == kind]
-    assert len(found) == 1, found
-    return found[0]
 
 
 # ------------------------------------------------------------------ interval
