@@ -8,8 +8,8 @@ dependency chains of up to 5, a few interval and cron policies. Figures are the 
 several runs; the ratio 10k/1k of the per-manifest time should be ~1 (linear). The
 "gc off" column repeats the measurement with the cyclic garbage collector disabled: the
 planner's own work is linear, but with 10 000 manifests (and their records) alive, the
-collections its allocations trigger scan a heap that grows with the input, which is what
-makes the figure with gc on grow faster than linearly.
+collections its allocations trigger scan a heap that grows with the input, which can
+make the figure with gc on grow faster than linearly (10-15 % at 10k here).
 
     /work/venv/bin/python bench/bench_plan.py
 """

@@ -86,6 +86,10 @@ class Transition:
 Listener = Callable[[Transition], None]
 
 
+class _Deferred(Exception):
+    """A lookup failed; the intent's next look is scheduled. Ends the action quietly."""
+
+
 def _error_dict(exc: ApiError) -> dict[str, Any]:
     return {
         "title": exc.title or type(exc).__name__,
@@ -136,6 +140,8 @@ class Engine:
             async with gate:
                 try:
                     await self._execute(action, current, recorded, load.revision, submit)
+                except _Deferred:
+                    pass  # recorded and logged by _defer
                 except ApiError as exc:  # already classified; never kills the loop
                     log.warning("api_error", name=action.name, action=action.kind,
                                 status=exc.status, trace_id=exc.trace_id, error=str(exc))
@@ -286,11 +292,7 @@ class Engine:
     async def _resolve(self, rec: IntentRecord, want: Desired | None, action: Action,
                        revision: str, submit: bool) -> None:
         assert rec.operation_id is not None
-        try:
-            op = await self.client.get_operation(rec.operation_id)
-        except (TemporaryError, PermanentError) as exc:
-            self._defer(rec, exc)
-            return
+        op = await self._lookup(rec)
         if op is not None:
             await self._apply(rec, op, want.command if want else None)
             return
@@ -308,16 +310,22 @@ class Engine:
 
     async def _poll(self, rec: IntentRecord, want: Desired | None) -> None:
         assert rec.operation_id is not None
-        try:
-            op = await self.client.get_operation(rec.operation_id)
-        except (TemporaryError, PermanentError) as exc:
-            self._defer(rec, exc)
-            return
+        op = await self._lookup(rec)
         if op is None:
             op = Operation(rec.operation_id, "run-service-command", "failed", None, None,
                            {"error": {"title": "Operation not found", "status": 404,
                                       "detail": "the server no longer knows this operation"}})
         await self._apply(rec, op, want.command if want else None)
+
+    async def _lookup(self, rec: IntentRecord) -> Operation | None:
+        """GET the operation of ``rec`` (None: 404). A failed lookup is scheduled again
+        with backoff and ends the action (:class:`_Deferred`)."""
+        assert rec.operation_id is not None
+        try:
+            return await self.client.get_operation(rec.operation_id)
+        except (TemporaryError, PermanentError) as exc:
+            self._defer(rec, exc)
+            raise _Deferred from exc
 
     async def _apply(self, rec: IntentRecord, op: Operation, command: ServiceCommand | None,
                      *, adopted_attempt: bool = False) -> None:

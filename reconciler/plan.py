@@ -183,6 +183,26 @@ def desired_intent(command: ServiceCommand, now: datetime) -> Desired:
     return Desired(command, spec_hash(canonical), canonical, window, missed, next_window)
 
 
+def _dependencies_first(wants: Mapping[str, Desired]) -> list[str]:
+    """Names ordered so every loaded dependency comes before its dependents (Kahn's
+    algorithm; members of a cycle, which validation already refuses, are left out)."""
+    waiting = {n: {d for d in w.command.depends_on if d in wants} for n, w in wants.items()}
+    dependents: dict[str, list[str]] = {n: [] for n in wants}
+    for name, deps in waiting.items():
+        for dep in deps:
+            dependents[dep].append(name)
+    ready = sorted(n for n, deps in waiting.items() if not deps)
+    order: list[str] = []
+    while ready:
+        name = ready.pop()
+        order.append(name)
+        for nxt in dependents[name]:
+            waiting[nxt].discard(name)
+            if not waiting[nxt]:
+                ready.append(nxt)
+    return order
+
+
 def _failures(rec: IntentRecord) -> int:
     return rec.attempts - rec.retry_base
 
@@ -224,50 +244,36 @@ def plan(
         want = wants.get(name)
         return recorded.get(want.spec_hash) if want else None
 
-    blocked_memo: dict[str, str | None] = {}
+    # Dependency facts, computed dependencies-first (no recursion: chains may be long).
+    blocked_by: dict[str, tuple[str, str]] = {}  # name -> (its dependency, the stalled root)
+    parked_set: set[str] = set()      # names waiting on something only a human can start
+    for name in _dependencies_first(wants):
+        for dep in wants[name].command.depends_on:
+            rec = current(dep)
+            if rec is not None and rec.status == "succeeded":
+                continue
+            if rec is not None and rec.status == "stalled":
+                blocked_by.setdefault(name, (dep, dep))
+            elif dep in blocked_by:
+                blocked_by.setdefault(name, (dep, blocked_by[dep][1]))
+            if (dep not in wants or dep in parked_set
+                    or (wants[dep].command.suspend and (rec is None or rec.status == "failed"))):
+                parked_set.add(name)
 
     def blocker(name: str) -> str | None:
         """Why ``name`` can never start without human help (a stalled dependency)."""
-        if name in blocked_memo:
-            return blocked_memo[name]
-        blocked_memo[name] = None
-        want = wants.get(name)
-        result = None
-        if want is not None:
-            for dep in want.command.depends_on:
-                rec = current(dep)
-                if rec is not None and rec.status == "stalled":
-                    result = f"dependency {dep!r} stalled; fix it or run 'reconciler retry {dep}'"
-                    break
-                inner = blocker(dep)
-                if inner is not None and (rec is None or rec.status != "succeeded"):
-                    result = f"dependency {dep!r} is blocked: {inner}"
-                    break
-        blocked_memo[name] = result
-        return result
-
-    parked_memo: dict[str, bool] = {}
+        if name not in blocked_by:
+            return None
+        dep, root = blocked_by[name]
+        cause = (f"dependency {dep!r} stalled" if dep == root else
+                 f"dependency {dep!r} is blocked: {root!r} stalled")
+        return f"{cause}; fix it or run 'reconciler retry {root}'"
 
     def parked(name: str) -> bool:
         """``name`` waits on a dependency that cannot start without a human: one that is
         not loaded (removed or invalid) or suspended, directly or through others. Such a
         wait is settled: ``--once`` must not wait for it forever."""
-        if name in parked_memo:
-            return parked_memo[name]
-        parked_memo[name] = False
-        result = False
-        for dep in wants[name].command.depends_on:
-            rec = current(dep)
-            if rec is not None and rec.status == "succeeded":
-                continue
-            if (dep not in wants
-                    or (wants[dep].command.suspend
-                        and (rec is None or rec.status == "failed"))
-                    or parked(dep)):
-                result = True
-                break
-        parked_memo[name] = result
-        return result
+        return name in parked_set
 
     def waiting_on(want: Desired) -> str | None:
         for dep in want.command.depends_on:
