@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -958,9 +959,19 @@ def load_manifests(*paths: str | os.PathLike[str]) -> LoadResult:
     )
 
 
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
 def _git_revision(path: Path) -> str | None:
-    """HEAD's commit when ``path`` is inside a git work tree (git-sync, a checkout)."""
+    """HEAD's commit when ``path`` is inside a git work tree (git-sync, a checkout).
+
+    Without a git binary (the slim image), a git-sync v4 work tree still tells: its
+    folder ``.worktrees/<commit>`` is named for the commit it holds."""
     directory = path if path.is_dir() else path.parent
+    parts = directory.resolve().parts
+    for name, following in itertools.pairwise(parts):
+        if name == ".worktrees" and _SHA.fullmatch(following):
+            return following
     try:
         out = subprocess.run(
             ["git", "-C", str(directory), "rev-parse", "HEAD"],

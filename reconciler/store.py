@@ -17,10 +17,10 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from reconciler.errors import StoreError
 
@@ -167,6 +167,28 @@ def _unjson(text: str | None) -> Any:
     return json.loads(text) if text else None
 
 
+_TIME_COLUMNS = frozenset({
+    "first_submitted_at", "attempt_started_at", "next_attempt_at", "next_poll_at",
+    "created_at", "updated_at", "succeeded_at", "submitted_at", "finished_at",
+})
+_JSON_COLUMNS = frozenset({"last_error", "error", "result"})
+_Record = TypeVar("_Record", IntentRecord, OperationRecord)
+
+
+def _from_row(cls: type[_Record], row: sqlite3.Row) -> _Record:
+    """A record from a row: epoch columns become UTC datetimes, JSON columns objects."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        raw = row[f.name]
+        if f.name in _TIME_COLUMNS:
+            values[f.name] = _dt(raw)
+        elif f.name in _JSON_COLUMNS:
+            values[f.name] = _unjson(raw)
+        else:
+            values[f.name] = raw
+    return cls(**values)
+
+
 class Store:
     """The SQLite state store. Thread-safe; every public write is one transaction."""
 
@@ -265,46 +287,11 @@ class Store:
 
     @staticmethod
     def _intent(row: sqlite3.Row) -> IntentRecord:
-        return IntentRecord(
-            spec_hash=row["spec_hash"],
-            name=row["name"],
-            service=row["service"],
-            command=row["command"],
-            window=row["window"],
-            canonical=row["canonical"],
-            status=row["status"],
-            attempts=row["attempts"],
-            retry_base=row["retry_base"],
-            operation_id=row["operation_id"],
-            service_id=row["service_id"],
-            first_submitted_at=_dt(row["first_submitted_at"]),
-            attempt_started_at=_dt(row["attempt_started_at"]),
-            next_attempt_at=_dt(row["next_attempt_at"]),
-            next_poll_at=_dt(row["next_poll_at"]),
-            poll_count=row["poll_count"],
-            last_error=_unjson(row["last_error"]),
-            retired=row["retired"],
-            revision=row["revision"],
-            created_at=_dt(row["created_at"]) or datetime.fromtimestamp(0, UTC),
-            updated_at=_dt(row["updated_at"]) or datetime.fromtimestamp(0, UTC),
-            succeeded_at=_dt(row["succeeded_at"]),
-        )
+        return _from_row(IntentRecord, row)
 
     @staticmethod
     def _operation(row: sqlite3.Row) -> OperationRecord:
-        return OperationRecord(
-            operation_id=row["operation_id"],
-            spec_hash=row["spec_hash"],
-            name=row["name"],
-            attempt=row["attempt"],
-            service_id=row["service_id"],
-            submitted_at=_dt(row["submitted_at"]) or datetime.fromtimestamp(0, UTC),
-            finished_at=_dt(row["finished_at"]),
-            status=row["status"],
-            error=_unjson(row["error"]),
-            result=_unjson(row["result"]),
-            revision=row["revision"],
-        )
+        return _from_row(OperationRecord, row)
 
     def intents(self, *, include_retired: bool = False) -> dict[str, IntentRecord]:
         """Recorded intents by spec hash (by default only those not retired)."""

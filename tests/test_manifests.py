@@ -515,3 +515,15 @@ def test_packaged_schema_is_the_one_loaded() -> None:
 def test_absurdly_long_durations_are_one_problem_not_an_overflow(field: str) -> None:
     (problem,) = load_text(manifest(extra=field)).problems
     assert problem.message.endswith("is too long: at most 87600h (10 years)")
+
+
+def test_a_git_sync_worktree_names_the_revision_without_a_git_binary(tmp_path: Path) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    tree = tmp_path / "git" / ".worktrees" / sha / "manifests"
+    tree.mkdir(parents=True)
+    link = tmp_path / "git" / "current"
+    link.symlink_to(tmp_path / "git" / ".worktrees" / sha)
+    (tree / "a.yaml").write_text(
+        "apiVersion: ailake.reconciler/v1\nkind: ServiceCommand\n"
+        "metadata: {name: a}\nspec: {service: s, command: c}\n")
+    assert load_manifests(link / "manifests").revision == sha
