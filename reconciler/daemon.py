@@ -197,6 +197,11 @@ class Daemon:
         self._reasons.append(reason)
         self._wake.set()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether the daemon was told to stop (SIGTERM/SIGINT) rather than converging."""
+        return self._stopping
+
     def stop(self) -> None:
         """Stop submitting, finish recording, exit."""
         if not self._stopping:

@@ -94,6 +94,10 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         views = {v.name: v for v in daemon.plan.views} if daemon.plan else None
         with Store(state) as store:
             rows = status_rows(store.latest_by_name(), views)
+        if daemon.stopped:
+            print(f"\nInterrupted after {elapsed:.1f}s:\n", file=out)
+            print(status_table(rows), file=out, flush=True)
+            return 130
         print(f"\nConverged in {elapsed:.1f}s (exit status {code}):\n", file=out)
         print(status_table(rows), file=out, flush=True)
         if args.once:

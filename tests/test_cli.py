@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -506,3 +509,22 @@ def test_demo_once_converges_the_sample_manifests(tmp_path: Path) -> None:
     assert "STATE" in header
     for name in names:
         assert any(ln.startswith(name + " ") for ln in table.splitlines()), name
+
+
+def test_demo_interrupted_with_ctrl_c_prints_the_table_and_exits_130(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "demo", "--listen", "127.0.0.1:0",
+         "--state", str(tmp_path / "demo.db")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:  # wait until the daemon is at work
+            if "submitting" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 130, out[-2000:] + err[-2000:]
+    assert "Interrupted after" in out
+    assert "Still reconciling" not in out
