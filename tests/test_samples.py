@@ -67,3 +67,20 @@ def test_readme_quickstart_has_exactly_the_two_commands() -> None:
     assert len(commands) == 2
     assert "reconciler demo" in commands[0]
     assert commands[1] == "bash .ci/run"
+
+
+def test_readme_cli_reference_lists_every_command_and_run_flag() -> None:
+    import argparse
+
+    from reconciler.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        assert f"`reconciler {name}" in readme, f"README lacks the {name} command"
+        if name == "run":
+            for action in command._actions:
+                for flag in action.option_strings:
+                    if flag.startswith("--") and flag != "--help":
+                        assert flag in readme, f"README lacks run's {flag}"
