@@ -60,6 +60,8 @@ class EngineSettings:
     resolve_delay: float = 1.0
     #: API calls running at once within one reconcile
     max_concurrency: int = 16
+    #: delay before trying again a run refused with 401/403 (token or entitlement)
+    credentials_retry: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,9 @@ class Transition:
 
 
 Listener = Callable[[Transition], None]
+
+#: refusals that concern the token or the organisation, never one intent
+CREDENTIAL_STATUSES = frozenset({401, 403})
 
 
 class _Deferred(Exception):
@@ -260,10 +265,17 @@ class Engine:
                 payload=dict(cmd.payload) if cmd.payload is not None else None,
                 context=dict(cmd.context) if cmd.context is not None else None,
             )
-        except (OutcomeUnknownError, TemporaryError) as exc:
-            # Unknown: it may run. Temporary: it certainly did not. Either way the next
-            # step is a lookup, and only a 404 lets the same attempt be sent again.
+        except (OutcomeUnknownError, TemporaryError, PermanentError) as exc:
+            if isinstance(exc, PermanentError) and exc.status not in CREDENTIAL_STATUSES:
+                self._refused(want, op_id, attempt, revision, exc)
+                return
+            # Unknown: it may run. Temporary: it certainly did not. Refused for the token
+            # or the organisation's entitlement (401/403): not this intent's fault, and
+            # fixed without touching the manifest. In every case the next step is a
+            # lookup, and only a 404 lets the same attempt be sent again.
             delay = max(self.settings.resolve_delay, getattr(exc, "delay", None) or 0.0)
+            if isinstance(exc, PermanentError):
+                delay = max(delay, self.settings.credentials_retry)
             now = self.clock()
             self.store.defer(want.spec_hash, now=now,
                              next_poll_at=now + timedelta(seconds=delay),
@@ -273,14 +285,6 @@ class Engine:
                         attempt=attempt, status=exc.status, trace_id=exc.trace_id,
                         error=str(exc))
             return
-        except PermanentError as exc:
-            error = _error_dict(exc)
-            self.store.mark_failed(want.spec_hash, operation_id=op_id, now=self.clock(),
-                                   error=error, next_attempt_at=None)
-            self._emit_desired(want, "stalled", previous="submitting", operation_id=op_id,
-                               attempt=attempt, revision=revision, error=error,
-                               outcome="failed", reason="the API refused the request")
-            return
         now = self.clock()
         self.store.mark_pending(want.spec_hash, operation_id=accepted.operation_id,
                                 sent_operation_id=op_id, now=now,
@@ -288,6 +292,16 @@ class Engine:
         self._emit_desired(want, "pending", previous="submitting",
                            operation_id=accepted.operation_id, attempt=attempt,
                            revision=revision)
+
+    def _refused(self, want: Desired, op_id: str, attempt: int, revision: str,
+                 exc: PermanentError) -> None:
+        """The API refused this request for good (400, 404, ...): stall, no retry."""
+        error = _error_dict(exc)
+        self.store.mark_failed(want.spec_hash, operation_id=op_id, now=self.clock(),
+                               error=error, next_attempt_at=None)
+        self._emit_desired(want, "stalled", previous="submitting", operation_id=op_id,
+                           attempt=attempt, revision=revision, error=error,
+                           outcome="failed", reason="the API refused the request")
 
     async def _resolve(self, rec: IntentRecord, want: Desired | None, action: Action,
                        revision: str, submit: bool) -> None:

@@ -323,3 +323,45 @@ async def test_a_single_manifest_file_source_works(rig: Rig, tmp_path: Path) -> 
     rig.manifests = path
     await rig.settle()
     assert len(rig.executions()) == 1
+
+
+# ---------------------------------------------------------------------------- credentials
+
+
+async def test_a_run_refused_for_the_token_waits_instead_of_stalling(tmp_path: Path) -> None:
+    """401/403 concern the token or the organisation, not the intent: the attempt is kept
+    and sent once the token works, without a manifest change or ``reconciler retry``."""
+    clock = FakeClock(datetime(2026, 3, 2, 2, 0, tzinfo=UTC))
+    write_manifests(tmp_path / "m", [manifest("job", "flaky",
+                                              retry={"limit": 2, "backoff": "1s"})])
+    load = load_manifests(tmp_path / "m")
+    settings = EngineSettings(poll_initial=0.01, poll_max=0.05, resolve_delay=0.01,
+                              credentials_retry=5.0)
+    with running_emulator(token="right-token") as emu, Store(tmp_path / "s.db") as store:
+        async with AiLakeClient(ClientSettings(base_url=emu.url, token="right-token")) as ok:
+            engine = Engine(ok, store, clock=clock, settings=settings)
+            for _ in range(20):  # attempt 0 runs and fails (failTimes: 1)
+                await engine.reconcile(load)
+                clock.advance(0.2)
+                if store.intents_named("job")[0].status == "failed":
+                    break
+            assert store.intents_named("job")[0].status == "failed"
+            clock.advance(2)  # the retry is due
+
+            async with AiLakeClient(ClientSettings(base_url=emu.url,
+                                                   token="revoked-token")) as bad:
+                engine.client = bad
+                await engine.reconcile(load)
+            refused = store.intents_named("job")[0]
+            assert refused.status == "submitting"  # kept, not stalled
+            assert refused.last_error is not None and refused.last_error["status"] == 401
+
+            engine.client = ok
+            clock.advance(6)  # past credentials_retry: look it up (404), then send it
+            for _ in range(20):
+                await engine.reconcile(load)
+                clock.advance(0.2)
+                if store.intents_named("job")[0].status == "succeeded":
+                    break
+            assert store.intents_named("job")[0].status == "succeeded"
+            assert len(executions(emu.url)) == 2  # attempt 0 failed, attempt 1 succeeded
