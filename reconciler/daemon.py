@@ -365,16 +365,16 @@ class Daemon:
                 await asyncio.wait_for(task, self.settings.grace_period)
             else:
                 await self._shielded(task)
-            ok = True
             task.result()
             # Re-plan after executing (pure, no API calls): views and the next wake-up
             # must reflect what this pass just recorded.
             self.plan = engine.plan(load)
+            ok = engine.failed_actions == 0
         except (TimeoutError, ReconcilerError) as exc:
             ok = False
             log.error("reconcile_failed", error=str(exc), error_type=type(exc).__name__)
         orphaned = len(self.store.names() - {c.name for c in load.commands})
-        self.metrics.reconciled(self.plan if ok else None,
+        self.metrics.reconciled(self.plan,
                                 duration=time.monotonic() - started, ok=ok, orphaned=orphaned)
         if ok and self.plan is not None:
             self.store.prune()

@@ -124,6 +124,9 @@ class Engine:
         self.rng = rng or random.Random()
         self.listeners = list(listeners)
         self._services: dict[str, ServiceInfo] | None = None
+        #: actions of the last reconcile that ended in an API error (not counting
+        #: lookups deferred after a transient failure, which are routine)
+        self.failed_actions = 0
         self._services_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ planning
@@ -139,6 +142,7 @@ class Engine:
         recorded = self.store.intents()
         current = plan(load.commands, recorded, self.clock(), limits=self.settings.limits)
         self._services = None
+        self.failed_actions = 0
         gate = asyncio.Semaphore(self.settings.max_concurrency)
 
         async def run(action: Action) -> None:
@@ -146,8 +150,9 @@ class Engine:
                 try:
                     await self._execute(action, current, recorded, load.revision, submit)
                 except _Deferred:
-                    pass  # recorded and logged by _defer
+                    pass  # a transient lookup failure: recorded and logged by _defer
                 except ApiError as exc:  # already classified; never kills the loop
+                    self.failed_actions += 1
                     log.warning("api_error", name=action.name, action=action.kind,
                                 status=exc.status, trace_id=exc.trace_id, error=str(exc))
 
@@ -276,6 +281,7 @@ class Engine:
             delay = max(self.settings.resolve_delay, getattr(exc, "delay", None) or 0.0)
             if isinstance(exc, PermanentError):
                 delay = max(delay, self.settings.credentials_retry)
+                self.failed_actions += 1
             now = self.clock()
             self.store.defer(want.spec_hash, now=now,
                              next_poll_at=now + timedelta(seconds=delay),

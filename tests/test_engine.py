@@ -352,6 +352,7 @@ async def test_a_run_refused_for_the_token_waits_instead_of_stalling(tmp_path: P
                                                    token="revoked-token")) as bad:
                 engine.client = bad
                 await engine.reconcile(load)
+            assert engine.failed_actions == 1  # the pass counts as an error
             refused = store.intents_named("job")[0]
             assert refused.status == "submitting"  # kept, not stalled
             assert refused.last_error is not None and refused.last_error["status"] == 401

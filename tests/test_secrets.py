@@ -156,6 +156,9 @@ def test_a_refused_token_is_logged_as_401_but_never_shown(tmp_path: Path) -> Non
             assert any(line.startswith("ailake_reconciler_api_requests_total")
                        and 'code="401"' in line and not line.endswith(" 0.0")
                        for line in metrics.splitlines()), "401s are counted"
+            assert any(line.startswith('ailake_reconciler_reconciles_total{result="error"}')
+                       and not line.endswith(" 0.0")
+                       for line in metrics.splitlines()), "refused passes count as errors"
             status = httpx.get(daemon.url + "/status", timeout=5).text
         finally:
             daemon.stop()
