@@ -56,8 +56,9 @@ class _Known:
 
 
 class StoreCollector(Collector):
-    """``command_failed`` and ``command_last_success_timestamp_seconds``, read from the
-    store at scrape time for the manifests currently loaded."""
+    """``command_failed``, ``command_stalled`` and
+    ``command_last_success_timestamp_seconds``, read from the store at scrape time for the
+    manifests currently loaded."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self.store = store
@@ -68,6 +69,12 @@ class StoreCollector(Collector):
             PREFIX + "command_failed",
             "1 while the manifest's current intent has its last finished attempt failed "
             "(retrying or stalled); 0 once an attempt succeeds.",
+            labels=["name", "service", "command"],
+        )
+        stalled = GaugeMetricFamily(
+            PREFIX + "command_stalled",
+            "1 while the manifest's current intent is stalled: retries exhausted, timed "
+            "out or refused; nothing more is tried until a change or 'reconciler retry'.",
             labels=["name", "service", "command"],
         )
         last_success = GaugeMetricFamily(
@@ -93,14 +100,18 @@ class StoreCollector(Collector):
                     # A retry in flight does not clear the failure: the alert stays up
                     # until an attempt succeeds, instead of flapping with every retry.
                     retrying = rec.in_flight and rec.attempts > 1
-                    latest[rec.name] = "failed" if retrying else rec.status
+                    latest[rec.name] = "retrying" if retrying else rec.status
             for name in sorted(known):
                 k = known[name]
-                bad = latest.get(name) in ("failed", "stalled")
+                state = latest.get(name)
+                bad = state in ("failed", "retrying", "stalled")
                 failed.add_metric([name, k.service, k.command], 1.0 if bad else 0.0)
+                stalled.add_metric([name, k.service, k.command],
+                                   1.0 if state == "stalled" else 0.0)
                 if name in stamp:
                     last_success.add_metric([name], stamp[name])
         yield failed
+        yield stalled
         yield last_success
 
 

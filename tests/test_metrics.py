@@ -37,6 +37,8 @@ DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "operations_total": ("counter", frozenset({"service", "command", "outcome"})),
     "operation_duration_seconds": ("histogram", frozenset({"service", "command"})),
     "command_failed": ("gauge", frozenset({"name", "service", "command"})),
+    # beyond DESIGN section 7: lets the stalled alert name the manifest
+    "command_stalled": ("gauge", frozenset({"name", "service", "command"})),
     "command_last_success_timestamp_seconds": ("gauge", frozenset({"name"})),
     "api_requests_total": ("counter", frozenset({"endpoint", "method", "code"})),
     "api_request_duration_seconds": ("histogram", frozenset({"endpoint"})),
@@ -272,6 +274,20 @@ def test_command_failed_and_last_success_come_from_the_store(tmp_path: Path,
     store.retire(current.desired["gamma"].spec_hash, why="superseded", now=later)
     _, samples = scrape(metrics)
     assert value(samples, "command_failed", name="gamma") == 0
+
+
+def test_command_stalled_is_one_only_for_stalled_manifests(tmp_path: Path,
+                                                           store: Store) -> None:
+    metrics = Metrics(store)
+    load = _load(tmp_path, "alpha", "beta", "gamma")
+    _feed_load(metrics, load)
+    current = plan(load.commands, store.intents(), NOW)
+    _record(store, current, "alpha", "succeeded", at=NOW)
+    _record(store, current, "beta", "failed", at=NOW)   # retry scheduled: not stalled
+    _record(store, current, "gamma", "stalled", at=NOW)
+    _, samples = scrape(metrics)
+    stalled = {lbl["name"]: v for lbl, v in samples[P + "command_stalled"]}
+    assert stalled == {"alpha": 0.0, "beta": 0.0, "gamma": 1.0}
 
 
 def test_command_failed_stays_up_while_a_retry_runs(tmp_path: Path, store: Store) -> None:

@@ -153,7 +153,7 @@ def test_metric_names_of_rules_and_dashboards_are_parsed() -> None:
     """The expression parser the e2e test relies on finds what is really in the files (a
     guard against a regex that silently matches nothing)."""
     rules = set().union(*(referenced_metrics(e) for e in rules_expressions()))
-    assert {"ailake_reconciler_command_failed", "ailake_reconciler_intents",
+    assert {"ailake_reconciler_command_failed", "ailake_reconciler_command_stalled",
             "ailake_reconciler_api_requests_total"} <= rules
     for dashboard in DASHBOARD_FILES:
         exprs = dashboard_expressions(dashboard)

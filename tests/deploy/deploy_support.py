@@ -34,6 +34,7 @@ KNOWN_METRICS = frozenset(
         "operations_total",
         "operation_duration_seconds",
         "command_failed",
+        "command_stalled",
         "command_last_success_timestamp_seconds",
         "api_requests_total",
         "api_request_duration_seconds",
