@@ -139,6 +139,7 @@ def _settings(args: argparse.Namespace, **overrides: Any) -> DaemonSettings:
         "max_per_service": args.max_per_service,
         "grace_period": args.grace_period,
         "retention": args.retention,
+        "request_timeout": args.request_timeout,
     }
     values.update(overrides)
     return DaemonSettings(**values)
@@ -405,6 +406,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace-period", type=_seconds, default=env("GRACE_PERIOD", "25s"),
                    help="on SIGTERM, how long the current pass may take to record what it "
                    "started (env RECONCILER_GRACE_PERIOD)")
+    p.add_argument("--request-timeout", type=_seconds, default=env("REQUEST_TIMEOUT", "30s"),
+                   help="read timeout of one API request; also how long after a run request "
+                   "whose answer never came a lookup's 404 is trusted to mean it never "
+                   "arrived (env RECONCILER_REQUEST_TIMEOUT)")
     p.add_argument("--retention", type=_positive_int,
                    default=int(env("RETENTION", "50") or 50),
                    help="finished intents kept per manifest as history (env RECONCILER_RETENTION)")

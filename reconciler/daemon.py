@@ -78,7 +78,8 @@ class DaemonSettings:
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(limits=Limits(self.max_in_flight, self.max_per_service),
-                              poll_initial=self.poll_initial, poll_max=self.poll_max)
+                              poll_initial=self.poll_initial, poll_max=self.poll_max,
+                              settle=self.request_timeout)
 
 
 def log_transition(event: Transition) -> None:

@@ -62,6 +62,9 @@ class EngineSettings:
     max_concurrency: int = 16
     #: delay before trying again a run refused with 401/403 (token or entitlement)
     credentials_retry: float = 60.0
+    #: seconds after a run POST was sent before a lookup's 404 proves it never arrived
+    #: (the request timeout: no longer can the request still be in flight)
+    settle: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,8 @@ class Engine:
             now = self.clock()
             self.store.defer(want.spec_hash, now=now,
                              next_poll_at=now + timedelta(seconds=delay),
-                             error=_error_dict(exc))
+                             error=_error_dict(exc),
+                             unsent=not isinstance(exc, OutcomeUnknownError))
             log.warning("run_outcome_unknown" if isinstance(exc, OutcomeUnknownError)
                         else "run_deferred", name=want.name, operation_id=op_id,
                         attempt=attempt, status=exc.status, trace_id=exc.trace_id,
@@ -316,7 +320,18 @@ class Engine:
         if op is not None:
             await self._apply(rec, op, want.command if want else None)
             return
-        # 404: the POST never reached the server.
+        # 404. A POST sent moments ago (by a process that then crashed, or one that timed
+        # out) may still be in flight or queued on the server: only once ``settle`` has
+        # passed since it was sent does a 404 prove it never arrived.
+        now = self.clock()
+        sent_at = rec.attempt_started_at  # None: the server certainly refused it
+        settled_at = (sent_at or now) + timedelta(seconds=self.settings.settle)
+        if sent_at is not None and now < settled_at:
+            self.store.defer(rec.spec_hash, now=now, next_poll_at=settled_at)
+            log.info("lookup_not_found_yet", name=rec.name, operation_id=rec.operation_id,
+                     retry_at=settled_at.isoformat())
+            return
+        # The POST never reached the server.
         if want is None or not action.may_submit or not submit:
             self.store.forget_attempt(rec.spec_hash, operation_id=rec.operation_id,
                                       now=self.clock())

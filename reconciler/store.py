@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -221,7 +222,7 @@ class Store:
                         f"reconciler reads version {SCHEMA_VERSION} (run the daemon once "
                         "to migrate it)")
             else:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                self._wal()
                 self._db.execute("PRAGMA synchronous=FULL")
                 self._db.execute("PRAGMA foreign_keys=ON")
                 self._migrate()
@@ -253,6 +254,19 @@ class Store:
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise StoreError(f"state store {self.path}: {exc}") from exc
+
+    def _wal(self) -> None:
+        """Switch to WAL. SQLite answers "locked" at once, without its busy timeout, while
+        another process creates the same new store: wait for it a little."""
+        for _ in range(100):
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                time.sleep(0.05)
+        self._db.execute("PRAGMA journal_mode=WAL")
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -386,14 +400,18 @@ class Store:
             )
 
     def defer(self, spec_hash: str, *, now: datetime, next_poll_at: datetime,
-              error: Mapping[str, Any] | None = None) -> None:
-        """An in-flight intent could not be checked now (transient error): look again later."""
+              error: Mapping[str, Any] | None = None, unsent: bool = False) -> None:
+        """An in-flight intent could not be checked now (transient error): look again
+        later. ``unsent``: the server certainly did not take the attempt's run request
+        (it answered 429 or 401, or the connection was refused), so a later 404 needs no
+        waiting; recorded by clearing ``attempt_started_at``."""
         with self._tx() as db:
             db.execute(
                 """UPDATE intents SET next_poll_at = ?, poll_count = poll_count + 1,
-                   last_error = COALESCE(?, last_error), updated_at = ?
+                   last_error = COALESCE(?, last_error), updated_at = ?,
+                   attempt_started_at = CASE WHEN ? THEN NULL ELSE attempt_started_at END
                    WHERE spec_hash = ?""",
-                (_ts(next_poll_at), _json(error), _ts(now), spec_hash),
+                (_ts(next_poll_at), _json(error), _ts(now), unsent, spec_hash),
             )
 
     def mark_pending(

@@ -263,7 +263,10 @@ class Daemon:
                  extra: Sequence[str] = ()) -> None:
         self.argv = [sys.executable, "-m", "reconciler", "run", "--manifests", str(manifests),
                      "--api-url", url, "--state", str(state), "--listen", "", "--interval",
-                     "1s", "--once", "--log-format", "json", *extra]
+                     "1s", "--once", "--log-format", "json",
+                     # requests answer within milliseconds here: a 2 s timeout is also how
+                     # long a lookup waits before trusting a 404 for an unanswered POST
+                     "--request-timeout", "2s", *extra]
         self.logs = logs
         self.logs.mkdir(exist_ok=True)
         self.runs: list[DaemonRun] = []

@@ -184,7 +184,8 @@ def run_once(manifests: Path, url: str, state: Path, *extra: str,
     """``reconciler run --once`` without an HTTP listener, JSON logs on stdout."""
     return reconciler("run", "--once", "--manifests", manifests, "--api-url", url,
                       "--state", state, "--listen", "", "--interval", "1s",
-                      "--log-format", "json", *extra, timeout=timeout)
+                      "--request-timeout", "2s", "--log-format", "json", *extra,
+                      timeout=timeout)
 
 
 async def run_daemon_once(manifests: Path, url: str, state: Path,
@@ -194,7 +195,7 @@ async def run_daemon_once(manifests: Path, url: str, state: Path,
     values: dict[str, Any] = {
         "manifests": manifests, "api_url": url, "state": str(state), "once": True,
         "listen": None, "interval": 1.0, "rate_limit": None, "poll_initial": 0.05,
-        "poll_max": 0.2, "grace_period": 5.0,
+        "poll_max": 0.2, "grace_period": 5.0, "request_timeout": 3.0,
     }
     values.update(overrides)
     return await Daemon(DaemonSettings(**values)).run()

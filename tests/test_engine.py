@@ -366,3 +366,25 @@ async def test_a_run_refused_for_the_token_waits_instead_of_stalling(tmp_path: P
                     break
             assert store.intents_named("job")[0].status == "succeeded"
             assert len(executions(emu.url)) == 2  # attempt 0 failed, attempt 1 succeeded
+
+
+async def test_an_unanswered_run_is_resent_only_after_the_settle_window(rig: Rig) -> None:
+    """A write-ahead attempt whose POST may still be in flight (the process died while
+    sending it) is not re-sent on a first 404: only once ``settle`` has passed."""
+    rig.write(manifest("job", "instant"))
+    load = rig.load()
+    want = rig.engine.plan(load).desired["job"]
+    rig.store.begin_attempt(want.new_intent(), attempt=0, operation_id=want.operation_id(0),
+                            service_id=want.command.service.label, now=rig.clock(),
+                            revision=load.revision)
+    settle = rig.engine.settings.settle
+
+    rig.clock.advance(1)
+    await rig.reconcile()  # lookup: 404, but the POST could still arrive
+    assert rig.posts() == []
+    assert rig.store.intent(want.spec_hash).status == "submitting"  # type: ignore[union-attr]
+
+    rig.clock.advance(settle)
+    await rig.settle()
+    assert len(rig.posts()) == 1
+    assert [e["operationId"] for e in rig.executions()] == [want.operation_id(0)]
