@@ -81,15 +81,17 @@ def plan_text(plan: Plan, *, revision: str, invalid: int,
             at = f" (at {_when(action.at)})" if action.at else ""
             lines.append(f"  . {action.kind:<16} {action.name}: {action.reason}{at}")
     counts = Counter(("adopt" if a.spec_hash in adopt else a.kind) for a in changes)
-    in_sync = sum(1 for v in plan.views if v.state == "in_sync")
+    states = Counter(v.state for v in plan.views)
+    standing = f"{states['in_sync']} in sync, {len(polls)} in flight, {len(waiting)} waiting"
+    for state in ("suspended", "stalled", "failed"):
+        if states[state]:
+            standing += f", {states[state]} {state}"
     lines.append("")
     if not changes:
-        lines.append(f"No changes. {in_sync} in sync, {len(polls)} in flight, "
-                     f"{len(waiting)} waiting.")
+        lines.append(f"No changes. {standing}.")
     else:
         parts = ", ".join(f"{n} to {k}" for k, n in sorted(counts.items()))
-        lines.append(f"Plan: {parts}; {in_sync} in sync, {len(polls)} in flight, "
-                     f"{len(waiting)} waiting.")
+        lines.append(f"Plan: {parts}; {standing}.")
     return "\n".join(lines)
 
 
