@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics. Reconciles every --interval, as soon as manifest files change, on SIGHUP "
         "and on POST /hooks/reconcile. SIGTERM/SIGINT: stop submitting, record, exit.",
         epilog="exit status (--once): 0 every manifest in sync (or suspended, or waiting "
-        "for a future schedule window), 1 any failed, stalled or invalid\n\n"
+        "for a future schedule window), 1 any failed, stalled or invalid, or the API "
+        "failing on 5 passes in a row without progress\n\n"
         "secrets: the API token comes from RECONCILER_API_TOKEN or --token-file; the "
         "webhook secret from RECONCILER_WEBHOOK_SECRET or --webhook-secret-file. Neither is "
         "ever logged.",

@@ -45,6 +45,8 @@ log = structlog.get_logger("reconciler.daemon")
 SETTLED_FAILED = ("failed", "stalled")
 #: seconds between passes that have due work but made no progress (API failing)
 MIN_RETRY_SLEEP = 1.0
+#: consecutive failed passes without any progress after which ``--once`` gives up
+ONCE_MAX_FAILING_PASSES = 5
 #: seconds /readyz may spend checking the API (the chart's probe times out after 3 s)
 READY_TIMEOUT = 2.5
 
@@ -71,10 +73,13 @@ class DaemonSettings:
     poll_initial: float = 1.0
     poll_max: float = 30.0
     request_timeout: float = 30.0
+    #: retries of a GET inside one call (capped exponential backoff, full jitter)
+    api_retries: int = 5
 
     def client_settings(self) -> ClientSettings:
         return ClientSettings(base_url=self.api_url, token=self.token, ca_file=self.ca_file,
-                              rate_limit=self.rate_limit, timeout=self.request_timeout)
+                              rate_limit=self.rate_limit, timeout=self.request_timeout,
+                              get_retries=self.api_retries)
 
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(limits=Limits(self.max_in_flight, self.max_per_service),
@@ -188,6 +193,7 @@ class Daemon:
         self._source = SourceWatcher(settings.manifests)
         self._transitions = 0
         self._transitions_seen = 0
+        self._failing_passes = 0
         self.url: str | None = None
         self.elector: LeaderElector | None = None
 
@@ -340,6 +346,12 @@ class Daemon:
                 self.exit_code = self._once_exit_code()
                 log.info("converged", exit_code=self.exit_code)
                 return
+            if s.once and self._failing_passes >= ONCE_MAX_FAILING_PASSES:
+                self.exit_code = 1
+                log.error("giving_up", passes=self._failing_passes,
+                          reason="the AI Lake API failed on every pass without progress; "
+                          "--once stops instead of waiting forever")
+                return
             await self._sleep(min(next_load - time.monotonic(), self._until_wake()))
 
     def _load(self, reasons: Sequence[str]) -> None:
@@ -360,6 +372,7 @@ class Daemon:
     async def _pass(self, engine: Engine, load: LoadResult) -> None:
         assert self.metrics is not None and self.store is not None
         started = time.monotonic()
+        transitions = self._transitions
         task = asyncio.ensure_future(engine.reconcile(load, submit=not self._stopping))
         try:
             if self._stopping:
@@ -374,6 +387,8 @@ class Daemon:
         except (TimeoutError, ReconcilerError) as exc:
             ok = False
             log.error("reconcile_failed", error=str(exc), error_type=type(exc).__name__)
+        stuck = not ok and self._transitions == transitions
+        self._failing_passes = self._failing_passes + 1 if stuck else 0
         orphaned = len(self.store.names() - {c.name for c in load.commands})
         self.metrics.reconciled(self.plan,
                                 duration=time.monotonic() - started, ok=ok, orphaned=orphaned)

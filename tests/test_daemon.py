@@ -275,3 +275,17 @@ async def test_once_with_an_unknown_service_name_stalls_it_without_a_post_and_ex
     assert row["state"] == "stalled" and row["error"]["title"] == "Service not found"
     history = reconciler("history", "lost", "--state", state)
     assert history.returncode == 0 and "no operation was sent yet" in history.stdout
+
+
+async def test_once_gives_up_with_exit_1_when_the_api_keeps_failing(
+        tmp_path: Path) -> None:
+    """``run --once`` in a pipeline must not wait forever for an API that is down."""
+    manifests = tmp_path / "manifests"
+    write_manifests(manifests, [manifest("job", "quick")])
+    with running_emulator(faults={"errorRate": 1.0}) as emu:
+        started = time.monotonic()
+        code = await run_daemon_once(manifests, emu.url, tmp_path / "state.db",
+                                     api_retries=0)
+        assert code == 1
+        assert time.monotonic() - started < 30
+        assert executions(emu.url) == []
