@@ -270,17 +270,23 @@ def start_daemon(workdir: Path, *, manifests: Path, api_url: str, env: Mapping[s
     proc.url = f"http://127.0.0.1:{port}"
     proc.extra["state"] = state
 
-    def up() -> bool:
+    _await_ok(proc, "/healthz", name="daemon", timeout=timeout)
+    return proc
+
+
+def _await_ok(proc: Proc, path: str, *, name: str, timeout: float) -> None:
+    """Wait until ``proc`` answers 200 on ``path``; fail with its output if it exits."""
+
+    def ok() -> bool:
         if proc.popen.poll() is not None:
-            pytest.fail(f"daemon exited with {proc.popen.returncode}:\n{proc.tail()}")
-        return httpx.get(proc.url + "/healthz", timeout=2).status_code == 200
+            pytest.fail(f"{name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        return httpx.get(proc.url + path, timeout=2).status_code == 200
 
     try:
-        wait_for(up, timeout=timeout, what="the daemon's /healthz", diagnose=proc.tail)
+        wait_for(ok, timeout=timeout, what=f"{name} {path}", diagnose=proc.tail)
     except BaseException:
         proc.stop()
         raise
-    return proc
 
 
 def start_prometheus(workdir: Path, *, targets: Iterable[str], rules: Path,
@@ -306,16 +312,7 @@ def start_prometheus(workdir: Path, *, targets: Iterable[str], rules: Path,
     proc = _spawn(cmd, workdir, "prometheus", os.environ)
     proc.url = f"http://127.0.0.1:{port}"
 
-    def ready() -> bool:
-        if proc.popen.poll() is not None:
-            pytest.fail(f"prometheus exited with {proc.popen.returncode}:\n{proc.tail()}")
-        return httpx.get(proc.url + "/-/ready", timeout=2).status_code == 200
-
-    try:
-        wait_for(ready, timeout=timeout, what="prometheus /-/ready", diagnose=proc.tail)
-    except BaseException:
-        proc.stop()
-        raise
+    _await_ok(proc, "/-/ready", name="prometheus", timeout=timeout)
     return proc
 
 
