@@ -326,8 +326,8 @@ class Daemon:
         next_load = 0.0
         while True:
             self._heartbeat = time.monotonic()
-            if (self.load is None or self._reasons or self._source.changed()
-                    or time.monotonic() >= next_load):
+            # file changes arrive as a trigger from _watch; no stat pass on every wake-up
+            if self.load is None or self._reasons or time.monotonic() >= next_load:
                 reasons = self._reasons or (["start"] if self.load is None else ["interval"])
                 self._load(reasons)
                 next_load = time.monotonic() + s.interval * random.uniform(0.9, 1.1)

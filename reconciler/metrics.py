@@ -84,7 +84,6 @@ class StoreCollector(Collector):
         )
         known = self.metrics.known
         if known:
-            current = self.store.intents()
             latest: dict[str, str] = {}
             stamp: dict[str, float] = {}
             order: dict[str, float] = {}
@@ -94,7 +93,7 @@ class StoreCollector(Collector):
                 if rec.succeeded_at is not None:
                     stamp[rec.name] = max(stamp.get(rec.name, 0.0),
                                           rec.succeeded_at.timestamp())
-                if rec.spec_hash in current and rec.updated_at.timestamp() >= order.get(
+                if rec.retired is None and rec.updated_at.timestamp() >= order.get(
                         rec.name, float("-inf")):
                     order[rec.name] = rec.updated_at.timestamp()
                     # A retry in flight does not clear the failure: the alert stays up
