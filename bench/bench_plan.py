@@ -30,7 +30,7 @@ from benchlib import (
     utcnow,
 )
 
-from reconciler.plan import plan
+from reconciler.planning.planner import plan
 
 SIZES = (100, 1_000, 10_000)
 

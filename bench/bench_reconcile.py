@@ -1,7 +1,7 @@
 """End-to-end reconcile cost against the emulator, and memory for 10 000 manifests.
 
 1. Converge N=200 manifests (commands of 0 s to 100 ms, dependency chains of up to 5,
-   four services) with the :class:`~reconciler.engine.Engine` in-process against an
+   four services) with the :class:`~reconciler.execution.engine.Engine` in-process against an
    emulator served by ``start_background`` (no faults, dedup off so a re-POST would
    show): wall time, API requests by endpoint, requests per manifest, and the
    exactly-once check (one execution per manifest).
@@ -47,12 +47,13 @@ from benchlib import (
     write_manifests,
 )
 
-from reconciler.client import AiLakeClient, ClientSettings, RequestRecord
-from reconciler.emulator import EmulatorConfig, start_background
-from reconciler.engine import Engine, EngineSettings
-from reconciler.manifests import LoadResult, load_manifests
-from reconciler.plan import Limits, plan
-from reconciler.store import Store
+from reconciler.ailake.client import AiLakeClient, ClientSettings, RequestRecord
+from reconciler.ailake.emulator import EmulatorConfig, start_background
+from reconciler.execution.engine import Engine, EngineSettings
+from reconciler.model.manifest import LoadResult
+from reconciler.planning.planner import Limits, plan
+from reconciler.source.loader import load_manifests
+from reconciler.store.sqlite import Store
 
 
 def emulator_config(seed: int) -> EmulatorConfig:

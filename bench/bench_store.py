@@ -24,8 +24,9 @@ from pathlib import Path
 
 from benchlib import table
 
-from reconciler.identity import operation_id
-from reconciler.store import NewIntent, Store
+from reconciler.model.identity import operation_id
+from reconciler.model.records import NewIntent
+from reconciler.store.sqlite import Store
 
 
 def cycles(store: Store, seconds: float, offset: int) -> tuple[int, float]:

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from reconciler.durations import parse_duration
-from reconciler.manifests import (
+from reconciler.model.durations import parse_duration
+from reconciler.model.manifest import (
     Interval,
     LoadResult,
     Once,
@@ -27,10 +27,10 @@ from reconciler.manifests import (
     Schedule,
     ServiceCommand,
     ServiceRef,
-    parse_documents,
 )
-from reconciler.plan import desired_intent
-from reconciler.store import IntentRecord
+from reconciler.model.records import IntentRecord
+from reconciler.planning.planner import desired_intent
+from reconciler.source.loader import parse_documents
 
 SERVICE_IDS = [f"6f1c2a4e-0000-4000-8000-0000000b{i:04d}" for i in range(4)]
 SERVICE_NAMES = ["vectors", "warehouse", "tickets", "search"]

@@ -1,10 +1,12 @@
-"""Listen addresses (``HOST:PORT``), as ``--listen`` flags of the daemon and emulator take them."""
+"""Listen addresses (``HOST:PORT``) and the listening socket, for the daemon and the emulator."""
 
 from __future__ import annotations
 
+import socket
+
 from reconciler.errors import ConfigError
 
-__all__ = ["parse_listen"]
+__all__ = ["bind_socket", "parse_listen"]
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -18,3 +20,18 @@ def parse_listen(value: str) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return host, port
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port=0``: the OS picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.set_inheritable(True)
+    except OSError:
+        sock.close()
+        raise
+    return sock

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 import yaml
 
-from reconciler.manifests import load_manifests
-from reconciler.plan import desired_intent
+from reconciler.planning.planner import desired_intent
+from reconciler.source.loader import load_manifests
 
 SERVICES: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("6f1c2a4e-0000-4000-8000-00000000c001", "vectors", {

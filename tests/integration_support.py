@@ -25,8 +25,8 @@ import httpx
 import pytest
 import yaml
 
-from reconciler.daemon import Daemon, DaemonSettings
-from reconciler.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.runtime.daemon import Daemon, DaemonSettings
 
 SERVICE_ID = "6f1c2a4e-0000-4000-8000-0000000000c1"
 OTHER_SERVICE_ID = "6f1c2a4e-0000-4000-8000-0000000000c2"
@@ -253,7 +253,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 
 
 
 class FakeClock:
-    """A settable, timezone-aware UTC wall clock for :class:`reconciler.engine.Engine`."""
+    """A settable, timezone-aware UTC wall clock for :class:`reconciler.execution.engine.Engine`."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self.now = start or datetime(2026, 3, 2, 2, 0, tzinfo=UTC)

@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from reconciler.manifests import Once, Policy, RetryPolicy, ServiceCommand, ServiceRef
-from reconciler.plan import Action, Desired, Limits, Plan, View, desired_intent, plan
-from reconciler.store import IntentRecord, IntentStatus, Store
+from reconciler.model.manifest import Once, Policy, RetryPolicy, ServiceCommand, ServiceRef
+from reconciler.model.records import IntentRecord, IntentStatus
+from reconciler.planning.planner import Action, Desired, Limits, Plan, View, desired_intent, plan
+from reconciler.store.sqlite import Store
 
 #: a fixed "now": Wednesday 2024-05-01 12:00 UTC
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -47,7 +47,7 @@ from chaos_support import (
     status,
 )
 
-from reconciler.store import Store
+from reconciler.store.sqlite import Store
 
 FAULTS = {"errorRate": 0.1, "throttleRate": 0.1, "retryAfter": 0, "dropRate": 0.1,
           "latency": "5ms"}

@@ -34,10 +34,10 @@ from integration_support import (
     write_manifests,
 )
 
-from reconciler.demo import bundled_manifests
-from reconciler.emulator import RunningEmulator
-from reconciler.identity import operation_id
-from reconciler.manifests import load_manifests
+from reconciler.ailake.emulator import RunningEmulator
+from reconciler.cli.demo import bundled_manifests
+from reconciler.model.identity import operation_id
+from reconciler.source.loader import load_manifests
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Behaviour of reconciler.client against httpx.MockTransport.
+"""Behaviour of reconciler.ailake.client against httpx.MockTransport.
 
 MockTransport is used only for shapes a real server (or the emulator) cannot easily
 produce; the happy paths and injected faults over real HTTP are in test_client_faults.py.
@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import reconciler
-from reconciler.client import (
+from reconciler.ailake.client import (
     AiLakeClient,
     ClientSettings,
     Operation,

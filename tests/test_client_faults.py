@@ -16,14 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from reconciler.client import (
+from reconciler.ailake.client import (
     AiLakeClient,
     ClientSettings,
     Operation,
     RequestRecord,
     ServiceInfo,
 )
-from reconciler.emulator import EmulatorConfig, start_background
+from reconciler.ailake.emulator import EmulatorConfig, start_background
 from reconciler.errors import OutcomeUnknownError, PermanentError, TemporaryError
 
 CONFIG: dict[str, Any] = {

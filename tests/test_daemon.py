@@ -29,7 +29,7 @@ from integration_support import (
     write_manifests,
 )
 
-from reconciler.emulator import RunningEmulator
+from reconciler.ailake.emulator import RunningEmulator
 
 
 @pytest.fixture

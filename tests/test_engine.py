@@ -25,12 +25,13 @@ from integration_support import (
     write_manifests,
 )
 
-from reconciler.client import AiLakeClient, ClientSettings, RequestRecord
-from reconciler.emulator import RunningEmulator
-from reconciler.engine import Engine, EngineSettings, Transition
-from reconciler.manifests import LoadResult, load_manifests
-from reconciler.plan import Plan
-from reconciler.store import Store
+from reconciler.ailake.client import AiLakeClient, ClientSettings, RequestRecord
+from reconciler.ailake.emulator import RunningEmulator
+from reconciler.execution.engine import Engine, EngineSettings, Transition
+from reconciler.model.manifest import LoadResult
+from reconciler.planning.planner import Plan
+from reconciler.source.loader import load_manifests
+from reconciler.store.sqlite import Store
 
 DAY = timedelta(days=1)
 

@@ -17,14 +17,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.identity import (
+from reconciler.model.identity import (
     OPERATION_NAMESPACE,
     canonical_intent,
     canonical_json,
     operation_id,
     spec_hash,
 )
-from reconciler.manifests import ServiceCommand, parse_documents
+from reconciler.model.manifest import ServiceCommand
+from reconciler.source.loader import parse_documents
 
 # ------------------------------------------------------------------ golden values
 # !!! LOUD: these literals pin the identity scheme. Changing any of them re-runs every

@@ -33,7 +33,12 @@ from starlette.routing import Route
 from structlog.testing import capture_logs
 
 from reconciler.errors import ConfigError
-from reconciler.leader import LeaderElector, LeaseSettings, format_microtime, parse_microtime
+from reconciler.runtime.leader import (
+    LeaderElector,
+    LeaseSettings,
+    format_microtime,
+    parse_microtime,
+)
 
 NS = "ailake"
 NAME = "ailake-reconciler"

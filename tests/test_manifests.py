@@ -17,8 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.manifests import (
-    MAX_FILE_BYTES,
+from reconciler.model.manifest import (
     MAX_PAYLOAD_CHARS,
     Interval,
     LoadResult,
@@ -26,10 +25,9 @@ from reconciler.manifests import (
     RetryPolicy,
     Schedule,
     ServiceRef,
-    load_manifests,
-    load_schema,
-    parse_documents,
 )
+from reconciler.source.loader import MAX_FILE_BYTES, load_manifests, parse_documents
+from reconciler.source.schema import load_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = Path("tests/corpus")

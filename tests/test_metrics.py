@@ -19,12 +19,13 @@ from observability_support import manifest, write_manifests
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler import __version__
-from reconciler.client import RequestRecord
-from reconciler.engine import Transition
-from reconciler.manifests import LoadResult, load_manifests
-from reconciler.metrics import Metrics
-from reconciler.plan import Plan, plan
-from reconciler.store import Store
+from reconciler.ailake.client import RequestRecord
+from reconciler.execution.engine import Transition
+from reconciler.model.manifest import LoadResult
+from reconciler.observe.metrics import Metrics
+from reconciler.planning.planner import Plan, plan
+from reconciler.source.loader import load_manifests
+from reconciler.store.sqlite import Store
 
 P = "ailake_reconciler_"
 

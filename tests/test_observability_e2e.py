@@ -37,7 +37,7 @@ from observability_support import (
     write_manifests,
 )
 
-from reconciler.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
 
 SERVICE = "svc-1"
 EMULATOR_CONFIG = {"services": [{"id": SERVICE, "name": "alpha", "commands": {

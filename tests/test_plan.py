@@ -33,9 +33,9 @@ from plan_support import (
     view,
 )
 
-from reconciler.identity import operation_id
-from reconciler.manifests import Interval, Once, Schedule
-from reconciler.plan import CHANGE_KINDS, Action, Limits, desired_intent
+from reconciler.model.identity import operation_id
+from reconciler.model.manifest import Interval, Once, Schedule
+from reconciler.planning.planner import CHANGE_KINDS, Action, Limits, desired_intent
 
 A = command("a")
 

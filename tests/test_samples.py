@@ -6,9 +6,10 @@ from __future__ import annotations
 import filecmp
 from pathlib import Path
 
-from reconciler.demo import bundled_manifests
-from reconciler.emulator import load_config
-from reconciler.manifests import Interval, Once, Schedule, load_manifests
+from reconciler.ailake.emulator import load_config
+from reconciler.cli.demo import bundled_manifests
+from reconciler.model.manifest import Interval, Once, Schedule
+from reconciler.source.loader import load_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "manifests"
@@ -72,7 +73,7 @@ def test_readme_quickstart_has_exactly_the_two_commands() -> None:
 def test_readme_cli_reference_lists_every_command_and_run_flag() -> None:
     import argparse
 
-    from reconciler.cli import build_parser
+    from reconciler.cli.main import build_parser
 
     readme = (ROOT / "README.md").read_text()
     parser = build_parser()

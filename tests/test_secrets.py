@@ -24,9 +24,9 @@ from observability_support import (
     write_manifests,
 )
 
-from reconciler import logs
-from reconciler.emulator import EmulatorConfig, RunningEmulator, start_background
-from reconciler.server import sign
+from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.observe import logs
+from reconciler.runtime.listener import sign
 
 TOKEN = "tok-7Qz9-SECRET-api-token-e1b4c2"
 WRONG_TOKEN = "tok-WRONG-3d8f-never-valid-9a71"

@@ -1,4 +1,4 @@
-"""The daemon's HTTP listener (``reconciler.server``) over httpx's ASGI transport, with a
+"""The daemon's HTTP listener (``reconciler.runtime.listener``) over httpx's ASGI transport, with a
 :class:`Surface` of fakes, and the daemon's own health rule (a silent loop is unhealthy)."""
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler.client import AiLakeClient, ClientSettings
-from reconciler.daemon import Daemon, DaemonSettings
-from reconciler.manifests import LoadResult
-from reconciler.metrics import Metrics
-from reconciler.server import MAX_HOOK_BODY, Surface, create_app, sign
+from reconciler.ailake.client import AiLakeClient, ClientSettings
+from reconciler.model.manifest import LoadResult
+from reconciler.observe.metrics import Metrics
+from reconciler.runtime.daemon import Daemon, DaemonSettings
+from reconciler.runtime.listener import MAX_HOOK_BODY, Surface, create_app, sign
 
 SECRET = "hook-secret-4b1d"
 BODY = json.dumps({"ref": "refs/heads/main", "after": "0123abcd"}).encode()

@@ -20,8 +20,8 @@ import pytest
 from plan_support import T0, Ledger, command, hours, minutes, seconds
 
 from reconciler.errors import StoreError
-from reconciler.plan import Desired, desired_intent
-from reconciler.store import SCHEMA_VERSION, Store
+from reconciler.planning.planner import Desired, desired_intent
+from reconciler.store.sqlite import SCHEMA_VERSION, Store
 
 A = desired_intent(command("a"), T0)
 B = desired_intent(command("b"), T0)
@@ -67,7 +67,7 @@ def test_reopening_a_store_keeps_its_data_and_runs_no_migration(path, monkeypatc
         def __len__(self) -> int:
             return SCHEMA_VERSION
 
-    monkeypatch.setattr("reconciler.store._MIGRATIONS", NoMigrations())
+    monkeypatch.setattr("reconciler.store.sqlite._MIGRATIONS", NoMigrations())
     with Store(path) as store:
         assert store.schema_version == SCHEMA_VERSION
         assert list(store.intents()) == [A.spec_hash]
@@ -390,7 +390,7 @@ def test_prune_never_drops_current_or_in_flight_intents():
 WORKER = r"""
 import sys
 from datetime import UTC, datetime, timedelta
-from reconciler.store import NewIntent, Store
+from reconciler.store.sqlite import NewIntent, Store
 
 store = Store(sys.argv[1])
 run = sys.argv[2]

@@ -17,8 +17,8 @@ from emulator_support import (
     make_config,
 )
 
-from reconciler.emulator import EmulatorConfig, RunningEmulator, create_app, start_background
-from reconciler.emulator.state import EmulatorState
+from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, create_app, start_background
+from reconciler.ailake.emulator.state import EmulatorState
 
 
 @pytest.fixture(scope="session")

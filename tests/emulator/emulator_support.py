@@ -17,7 +17,7 @@ from openapi_schema_validator import OAS30Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT4
 
-from reconciler.emulator import EmulatorConfig
+from reconciler.ailake.emulator import EmulatorConfig
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / "schemas" / "ailake-openapi.json"
 SPEC_URI = "urn:ailake-openapi"

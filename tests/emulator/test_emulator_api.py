@@ -25,8 +25,8 @@ from emulator_support import (
     make_config,
 )
 
-from reconciler.emulator import EmulatorConfig
-from reconciler.emulator.app import DroppedConnection
+from reconciler.ailake.emulator import EmulatorConfig
+from reconciler.ailake.emulator.app import DroppedConnection
 
 RUN = "/api/v1/ailake/services/{service}/commands/{command}/run"
 

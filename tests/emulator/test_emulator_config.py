@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.emulator import EmulatorConfig, default_config_path, load_config
-from reconciler.emulator.config import format_duration, parse_duration
+from reconciler.ailake.emulator import EmulatorConfig, default_config_path, load_config
+from reconciler.ailake.emulator.config import format_duration, parse_duration
 from reconciler.errors import ConfigError
 
 

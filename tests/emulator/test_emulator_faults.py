@@ -16,7 +16,7 @@ import httpx
 import pytest
 from emulator_support import SERVICE_ID, SPEC_SERVICES, SpecValidator, assert_problem, make_config
 
-from reconciler.emulator import RunningEmulator, start_background
+from reconciler.ailake.emulator import RunningEmulator, start_background
 
 RUN_URL = f"/api/v1/ailake/services/{SERVICE_ID}/commands/reindex/run"
 

@@ -20,7 +20,7 @@ from gooddata_api_client.api.ai_lake_services_operations_api import (
 )
 from gooddata_api_client.model.run_service_command_request import RunServiceCommandRequest
 
-from reconciler.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
 
 TOKEN = "gd-test-token"
 

@@ -1,4 +1,4 @@
-"""The emulator as a real process: ``python -m reconciler.emulator``.
+"""The emulator as a real process: ``python -m reconciler.ailake.emulator``.
 
 It must accept connections within 2 s of being started, serve the API, announce itself on
 stderr, and exit 0 on SIGTERM; a bad config must exit non-zero with the file named. The
@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.emulator.cli import configure_parser, parse_listen
+from reconciler.ailake.emulator.cli import configure_parser, parse_listen
 from reconciler.errors import ConfigError
 
 
@@ -45,7 +45,7 @@ def wait_until_accepting(port: int, timeout: float) -> float:
 
 def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "reconciler.emulator", *args],
+        [sys.executable, "-m", "reconciler.ailake.emulator", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

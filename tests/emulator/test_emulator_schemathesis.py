@@ -17,7 +17,7 @@ import schemathesis
 from emulator_support import SERVICE_ID, SPEC_PATH, base_config_dict
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from reconciler.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
 
 TOKEN = "schemathesis-token"
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}

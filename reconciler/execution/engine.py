@@ -11,7 +11,7 @@ The protocol that makes "exactly once" hold across crashes (DESIGN section 3):
 
 Each transition is one store transaction followed by one :class:`Transition` event to
 the listeners (structured logs, metrics). I/O lives here; decisions live in
-:mod:`reconciler.plan`.
+:mod:`reconciler.planning.planner`.
 """
 
 from __future__ import annotations
@@ -25,20 +25,21 @@ from typing import Any, Literal
 
 import structlog
 
-from reconciler.client import AiLakeClient, Operation, ServiceInfo
+from reconciler.ailake.client import AiLakeClient, Operation, ServiceInfo
 from reconciler.errors import (
     ApiError,
     OutcomeUnknownError,
     PermanentError,
     TemporaryError,
 )
-from reconciler.manifests import LoadResult, ServiceCommand
-from reconciler.plan import Action, Desired, Limits, Plan, plan
-from reconciler.store import IntentRecord, Store
+from reconciler.model.manifest import LoadResult, ServiceCommand
+from reconciler.model.records import IntentRecord
+from reconciler.planning.planner import Action, Desired, Limits, Plan, plan
+from reconciler.store.sqlite import Store
 
 __all__ = ["Engine", "EngineSettings", "Transition", "utcnow"]
 
-log = structlog.get_logger("reconciler.engine")
+log = structlog.get_logger("reconciler.execution.engine")
 
 
 def utcnow() -> datetime:

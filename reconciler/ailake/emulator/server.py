@@ -17,28 +17,14 @@ from types import TracebackType
 import uvicorn
 from starlette.applications import Starlette
 
-from reconciler.emulator.app import create_app
-from reconciler.emulator.config import EmulatorConfig
-from reconciler.emulator.state import EmulatorState
+from reconciler.ailake.emulator.app import create_app
+from reconciler.ailake.emulator.config import EmulatorConfig
+from reconciler.ailake.emulator.state import EmulatorState
+from reconciler.listen import bind_socket
 
-__all__ = ["RunningEmulator", "bind_socket", "start_background"]
+__all__ = ["RunningEmulator", "start_background"]
 
 STARTUP_TIMEOUT = 10.0
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (``port=0``: the OS picks a free one)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-        sock.set_inheritable(True)
-    except OSError:
-        sock.close()
-        raise
-    return sock
 
 
 class RunningEmulator:

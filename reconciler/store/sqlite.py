@@ -18,26 +18,18 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from reconciler.errors import StoreError
+from reconciler.model.records import IntentRecord, NewIntent, OperationRecord
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "IntentRecord",
-    "IntentStatus",
-    "NewIntent",
-    "OperationRecord",
-    "Store",
-]
+__all__ = ["SCHEMA_VERSION", "Store"]
 
 SCHEMA_VERSION = 1
 
-IntentStatus = Literal["submitting", "pending", "succeeded", "failed", "stalled"]
-IN_FLIGHT: frozenset[str] = frozenset({"submitting", "pending"})
 
 _MIGRATIONS: Sequence[str] = (
     # version 1
@@ -92,72 +84,6 @@ def _ts(value: datetime | None) -> float | None:
 
 def _dt(value: float | None) -> datetime | None:
     return datetime.fromtimestamp(value, UTC) if value is not None else None
-
-
-@dataclass(frozen=True)
-class NewIntent:
-    """What the engine knows of an intent when it first records it."""
-
-    spec_hash: str
-    name: str
-    service: str
-    command: str
-    window: str
-    canonical: str
-
-
-@dataclass(frozen=True)
-class IntentRecord:
-    """The recorded state of one intent (one spec hash)."""
-
-    spec_hash: str
-    name: str
-    service: str
-    command: str
-    window: str
-    canonical: str
-    status: IntentStatus
-    attempts: int
-    retry_base: int
-    operation_id: str | None
-    service_id: str | None
-    first_submitted_at: datetime | None
-    attempt_started_at: datetime | None
-    next_attempt_at: datetime | None
-    next_poll_at: datetime | None
-    poll_count: int
-    last_error: Mapping[str, Any] | None
-    retired: str | None
-    revision: str
-    created_at: datetime
-    updated_at: datetime
-    succeeded_at: datetime | None
-
-    @property
-    def in_flight(self) -> bool:
-        return self.status in IN_FLIGHT
-
-    @property
-    def current_attempt(self) -> int:
-        """The 0-based number of the latest attempt (-1 before the first)."""
-        return self.attempts - 1
-
-
-@dataclass(frozen=True)
-class OperationRecord:
-    """One attempt of one intent: the operation id sent, and how it ended."""
-
-    operation_id: str
-    spec_hash: str
-    name: str
-    attempt: int
-    service_id: str | None
-    submitted_at: datetime
-    finished_at: datetime | None
-    status: str
-    error: Mapping[str, Any] | None
-    result: Mapping[str, Any] | None
-    revision: str
 
 
 def _json(value: Mapping[str, Any] | None) -> str | None:

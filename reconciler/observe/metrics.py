@@ -20,10 +20,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from reconciler import __version__
-from reconciler.client import RequestRecord
-from reconciler.engine import Transition
-from reconciler.plan import Plan
-from reconciler.store import Store
+from reconciler.ailake.client import RequestRecord
+from reconciler.execution.engine import Transition
+from reconciler.planning.planner import Plan
+from reconciler.store.sqlite import Store
 
 __all__ = ["INTENT_STATES", "PREFIX", "Metrics", "StoreCollector"]
 

@@ -1,4 +1,4 @@
-"""Command line of the emulator: ``reconciler emulator`` and ``python -m reconciler.emulator``.
+"""Command line of the emulator: ``reconciler emulator`` (and ``python -m`` of this package).
 
 ``configure_parser`` adds the flags and the full config-file reference to a parser the caller
 owns (the main CLI wires it in as a subcommand); ``run`` serves until SIGTERM or SIGINT and
@@ -15,8 +15,8 @@ import sys
 import threading
 from types import FrameType
 
-from reconciler.emulator.config import load_config
-from reconciler.emulator.server import start_background
+from reconciler.ailake.emulator.config import load_config
+from reconciler.ailake.emulator.server import start_background
 from reconciler.errors import ConfigError
 from reconciler.listen import parse_listen
 

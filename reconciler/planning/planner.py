@@ -34,10 +34,10 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from reconciler.durations import format_duration
-from reconciler.identity import operation_id, spec_hash
-from reconciler.manifests import Interval, Schedule, ServiceCommand
-from reconciler.store import IntentRecord, NewIntent
+from reconciler.model.durations import format_duration
+from reconciler.model.identity import operation_id, spec_hash
+from reconciler.model.manifest import Interval, Schedule, ServiceCommand
+from reconciler.model.records import IntentRecord, NewIntent
 
 __all__ = [
     "CHANGE_KINDS",

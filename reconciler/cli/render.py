@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from reconciler.plan import Action, Plan, View
-from reconciler.store import IntentRecord, OperationRecord
+from reconciler.model.records import IntentRecord, OperationRecord
+from reconciler.planning.planner import Action, Plan, View
 
 __all__ = [
     "history_rows",

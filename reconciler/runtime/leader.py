@@ -47,7 +47,7 @@ __all__ = [
     "parse_microtime",
 ]
 
-log = structlog.get_logger("reconciler.leader")
+log = structlog.get_logger("reconciler.runtime.leader")
 
 SERVICE_ACCOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
 #: acquire attempts (not renewals) wait retry_period * uniform(1, JITTER), like client-go

@@ -79,7 +79,7 @@ __all__ = [
     "TokenBucket",
 ]
 
-log = structlog.get_logger("reconciler.client")
+log = structlog.get_logger("reconciler.ailake.client")
 
 EP_SERVICES = "/api/v1/ailake/services"
 EP_STATUS = "/api/v1/ailake/services/{serviceId}/status"

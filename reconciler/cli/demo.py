@@ -17,13 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
-from reconciler import logs
-from reconciler.daemon import Daemon, DaemonSettings
-from reconciler.emulator import load_config, start_background
-from reconciler.engine import Transition
+from reconciler.ailake.emulator import load_config, start_background
+from reconciler.cli.render import status_rows, status_table
+from reconciler.execution.engine import Transition
 from reconciler.listen import parse_listen
-from reconciler.report import status_rows, status_table
-from reconciler.store import Store
+from reconciler.observe import logs
+from reconciler.runtime.daemon import Daemon, DaemonSettings
+from reconciler.store.sqlite import Store
 
 __all__ = ["Progress", "bundled_manifests", "run_demo"]
 

@@ -10,9 +10,9 @@ organisation. See ``docs/emulator.md``.
 
 from __future__ import annotations
 
-from reconciler.emulator.app import create_app
-from reconciler.emulator.config import EmulatorConfig, default_config_path, load_config
-from reconciler.emulator.server import RunningEmulator, start_background
+from reconciler.ailake.emulator.app import create_app
+from reconciler.ailake.emulator.config import EmulatorConfig, default_config_path, load_config
+from reconciler.ailake.emulator.server import RunningEmulator, start_background
 
 __all__ = [
     "EmulatorConfig",

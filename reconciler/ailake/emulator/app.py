@@ -26,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from reconciler.emulator.config import EmulatorConfig
-from reconciler.emulator.state import Conflict, EmulatorState
+from reconciler.ailake.emulator.config import EmulatorConfig
+from reconciler.ailake.emulator.state import Conflict, EmulatorState
 from reconciler.errors import ConfigError
 
 __all__ = [

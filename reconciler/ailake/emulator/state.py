@@ -20,7 +20,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from reconciler.emulator.config import CommandConfig, EmulatorConfig, FaultConfig, ServiceConfig
+from reconciler.ailake.emulator.config import (
+    CommandConfig,
+    EmulatorConfig,
+    FaultConfig,
+    ServiceConfig,
+)
 
 __all__ = [
     "Conflict",

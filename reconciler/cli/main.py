@@ -15,22 +15,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from reconciler import __version__, logs
-from reconciler.client import AiLakeClient, ClientSettings
-from reconciler.daemon import Daemon, DaemonSettings, read_secret
-from reconciler.durations import parse_duration
-from reconciler.engine import utcnow
-from reconciler.errors import ReconcilerError
-from reconciler.manifests import load_manifests
-from reconciler.plan import Limits, Plan, plan
-from reconciler.report import (
+from reconciler import __version__
+from reconciler.ailake.client import AiLakeClient, ClientSettings
+from reconciler.cli.render import (
     history_rows,
     plan_document,
     plan_text,
     status_rows,
     status_table,
 )
-from reconciler.store import Store
+from reconciler.errors import ReconcilerError
+from reconciler.execution.engine import utcnow
+from reconciler.model.durations import parse_duration
+from reconciler.observe import logs
+from reconciler.planning.planner import Limits, Plan, plan
+from reconciler.runtime.daemon import Daemon, DaemonSettings, read_secret
+from reconciler.source.loader import load_manifests
+from reconciler.store.sqlite import Store
 
 __all__ = ["build_parser", "main"]
 
@@ -254,7 +255,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from reconciler.demo import run_demo
+    from reconciler.cli.demo import run_demo
 
     return run_demo(args)
 
@@ -417,7 +418,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _register_emulator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from reconciler.emulator import cli as emulator_cli
+    from reconciler.ailake.emulator import cli as emulator_cli
 
     emulator = sub.add_parser(
         "emulator",

@@ -1,7 +1,7 @@
 """The daemon: the reconcile loop, its triggers, its HTTP listener and its signals.
 
 One loop: load manifests (when their files changed, on SIGHUP, on the webhook, or every
-interval), plan and execute (:class:`~reconciler.engine.Engine`), update metrics, then
+interval), plan and execute (:class:`~reconciler.execution.engine.Engine`), update metrics, then
 sleep until the earliest of: the next poll or retry due, the next schedule window, the
 interval (with jitter), or a trigger. SIGTERM/SIGINT stop submitting, let the current
 pass record what it started (within the grace period), and exit.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import random
 import signal
 import socket
@@ -27,20 +26,22 @@ import structlog
 import uvicorn
 
 from reconciler import __version__
-from reconciler.client import AiLakeClient, ClientSettings
-from reconciler.engine import Engine, EngineSettings, Transition, utcnow
+from reconciler.ailake.client import AiLakeClient, ClientSettings
 from reconciler.errors import ApiError, ConfigError, ReconcilerError
-from reconciler.leader import LeaderElector, LeaseSettings
-from reconciler.listen import parse_listen
-from reconciler.manifests import YAML_SUFFIXES, LoadResult, load_manifests
-from reconciler.metrics import Metrics
-from reconciler.plan import Limits, Plan, View
-from reconciler.server import Surface, create_app
-from reconciler.store import Store
+from reconciler.execution.engine import Engine, EngineSettings, Transition, utcnow
+from reconciler.listen import bind_socket, parse_listen
+from reconciler.model.manifest import LoadResult
+from reconciler.observe.metrics import Metrics
+from reconciler.planning.planner import Limits, Plan, View
+from reconciler.runtime.leader import LeaderElector, LeaseSettings
+from reconciler.runtime.listener import Surface, create_app
+from reconciler.source.loader import load_manifests
+from reconciler.source.watcher import SourceWatcher
+from reconciler.store.sqlite import Store
 
 __all__ = ["Daemon", "DaemonSettings", "log_transition", "read_secret"]
 
-log = structlog.get_logger("reconciler.daemon")
+log = structlog.get_logger("reconciler.runtime.daemon")
 
 SETTLED_FAILED = ("failed", "stalled")
 #: seconds between passes that have due work but made no progress (API failing)
@@ -106,52 +107,6 @@ def log_transition(event: Transition) -> None:
         fields["reason"] = event.reason
     level = "warning" if event.state in SETTLED_FAILED else "info"
     getattr(log, level)("transition", **fields)
-
-
-def _manifest_files(root: Path) -> list[Path]:
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix in YAML_SUFFIXES)
-
-
-class SourceWatcher:
-    """Tells whether the manifest files' content changed: a cheap stat pass on every
-    look, and a content hash (what decides) only when names, sizes or mtimes moved."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._stat = ""
-        self.content = ""
-
-    def _stat_digest(self, files: Sequence[Path]) -> str:
-        digest = hashlib.sha256()
-        for path in files:
-            with contextlib.suppress(OSError):
-                st = path.stat()
-                digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
-        return digest.hexdigest()
-
-    def _content_digest(self, files: Sequence[Path]) -> str:
-        digest = hashlib.sha256()
-        for path in files:
-            with contextlib.suppress(OSError):
-                digest.update(str(path).encode() + b"\0" + path.read_bytes() + b"\0")
-        return digest.hexdigest()
-
-    def changed(self) -> bool:
-        """True when the content differs from the last :meth:`mark` (or none was made)."""
-        files = _manifest_files(self.root)
-        stat = self._stat_digest(files)
-        if stat == self._stat and self.content:
-            return False
-        self._stat = stat
-        return self._content_digest(files) != self.content
-
-    def mark(self) -> None:
-        """Remember the current content as loaded."""
-        files = _manifest_files(self.root)
-        self._stat = self._stat_digest(files)
-        self.content = self._content_digest(files)
 
 
 class _Server(uvicorn.Server):
@@ -487,15 +442,10 @@ class Daemon:
                     status=self.status_document, trigger=self.trigger),
             webhook_secret=self.settings.webhook_secret,
         )
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock = bind_socket(host, port)
         except OSError as exc:
-            sock.close()
             raise ConfigError(f"cannot listen on {self.settings.listen}: {exc.strerror}") from exc
-        sock.listen(128)
         sock.setblocking(False)
         # log_config=None: uvicorn's records go through the root handler of logs.configure
         # (JSON, scrubbed) instead of its own plain-text handler on stderr.
@@ -504,7 +454,7 @@ class Daemon:
         server = _Server(config)
         asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
         bound = sock.getsockname()
-        shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
         self.url = f"http://{shown}:{bound[1]}"
         log.info("listening", url=self.url, webhook=self.settings.webhook_secret is not None)
         if self.on_listening is not None:
