@@ -30,7 +30,7 @@ from benchlib import (
     utcnow,
 )
 
-from reconciler.planning.planner import plan
+from reconciler.planning import plan
 
 SIZES = (100, 1_000, 10_000)
 
@@ -43,7 +43,7 @@ def main() -> int:
     per_no_gc: dict[int, float] = {}
     for size in SIZES:
         desired = commands(manifest_docs(size))
-        records = recorded_states(desired, now)
+        records = (recorded_states(desired, now))
         current = plan(desired, records, now)
         seconds, runs = best_of(lambda c=desired, r=records: plan(c, r, now),
                                 min_time=2.0 if size < 10_000 else 3.0)

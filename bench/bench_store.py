@@ -3,9 +3,9 @@
 Every transition is one SQLite transaction (WAL, ``synchronous=FULL``: the WAL is fsynced
 at every commit), and the engine records each one before or after the HTTP call it
 describes, so this bounds how many intents per second one daemon can move. One cycle is
-the life of a succeeding intent: ``begin_attempt`` (write-ahead, ``submitting``),
-``mark_pending``, ``mark_succeeded``, i.e. three transactions. Measured on a file in a
-temporary directory (``--dir`` to put it elsewhere, e.g. the volume the daemon will use),
+the life of a succeeding intent: claimed (write-ahead, ``submitting``), accepted,
+succeeded: three transactions (``Store.save`` of three lifecycle steps). Measured on a
+file in a temporary directory (``--dir`` to put it elsewhere, e.g. the volume the daemon will use),
 and, for comparison, on ``:memory:`` (no fsync: the cost of SQL and Python alone). Also
 times ``intents()`` (what every pass reads) once the store holds the rows.
 
@@ -25,6 +25,7 @@ from pathlib import Path
 from benchlib import table
 
 from reconciler.model.identity import operation_id
+from reconciler.model.lifecycle import Accepted, Claimed, ObservedSucceeded, transition
 from reconciler.model.records import NewIntent
 from reconciler.store.sqlite import Store
 
@@ -40,11 +41,12 @@ def cycles(store: Store, seconds: float, offset: int) -> tuple[int, float]:
         intent = NewIntent(h, f"cmd-{i:06d}", "vectors", "reindex", "", "{}")
         op = operation_id(h, 0)
         now = datetime.now(UTC)
-        store.begin_attempt(intent, attempt=0, operation_id=op, service_id="svc", now=now,
-                            revision="r1")
-        store.mark_pending(h, operation_id=op, sent_operation_id=op, now=now,
-                           next_poll_at=now)
-        store.mark_succeeded(h, operation_id=op, now=now, result={"ok": True})
+        rec = None
+        for event in (Claimed(intent, 0, op, "svc", "r1"), Accepted(op, now),
+                      ObservedSucceeded(op, {"ok": True})):
+            step = transition(rec, event, now)
+            store.save(step)
+            rec = step.record
         done += 1
     return done, time.perf_counter() - started
 
@@ -71,8 +73,8 @@ def main() -> int:
                          f"{3 * n / elapsed:,.0f}", f"{elapsed / (3 * n) * 1e3:.3f}",
                          f"{rows_read:,}", f"{read * 1e3:.0f}"))
         size = os.path.getsize(path) if path.exists() else 0
-    print(f"state store transitions ({args.seconds:g} s per kind; one cycle = begin_attempt "
-          "+ mark_pending + mark_succeeded)")
+    print(f"state store transitions ({args.seconds:g} s per kind; one cycle = claimed "
+          "+ accepted + succeeded)")
     print(table(("store", "journal/sync", "cycles", "transitions/s", "ms/transition",
                  "intents() rows", "intents() ms"), rows))
     print(f"file store size after the run: {size / 2**20:.1f} MiB (main file; WAL aside)")

@@ -29,6 +29,7 @@ from reconciler.model.manifest import (
     ServiceRef,
 )
 from reconciler.model.records import IntentRecord
+from reconciler.model.states import IntentState
 from reconciler.planning.planner import desired_intent
 from reconciler.source.loader import parse_documents
 
@@ -133,14 +134,14 @@ def check_commands(docs: Sequence[dict[str, Any]]) -> None:
 
 
 STATES = (  # share of manifests per recorded state, as a steady-state repository has them
-    ("succeeded", 0.60), ("pending", 0.10), ("submitting", 0.03), ("failed", 0.05),
+    ("in_sync", 0.60), ("pending", 0.10), ("submitting", 0.03), ("failed", 0.05),
     ("stalled", 0.02), (None, 0.20),  # None: never recorded yet
 )
 
 
 def recorded_states(desired: Sequence[ServiceCommand], now: datetime, *, seed: int = 2,
                     orphans: float = 0.02) -> dict[str, IntentRecord]:
-    """A realistic store content for ``desired``: mostly succeeded, some in flight, some
+    """A realistic store content for ``desired``: mostly in sync, some in flight, some
     failed (backoff pending) or stalled, some never recorded, plus orphaned records of
     manifests that were removed."""
     rng = random.Random(seed)
@@ -157,7 +158,7 @@ def recorded_states(desired: Sequence[ServiceCommand], now: datetime, *, seed: i
     for i in range(int(len(desired) * orphans)):
         h = f"{i:064x}"
         records[h] = _record(h, f"removed-{i:05d}", SERVICE_NAMES[0], "reindex", "", "{}",
-                             "succeeded", now, rng)
+                             "in_sync", now, rng)
     return records
 
 
@@ -167,7 +168,7 @@ def _record(spec_hash: str, name: str, service: str, command: str, window: str,
     started = now - timedelta(seconds=rng.uniform(5, 600))
     rec = IntentRecord(
         spec_hash=spec_hash, name=name, service=service, command=command, window=window,
-        canonical=canonical, status=status, attempts=attempts, retry_base=0,
+        canonical=canonical, status=IntentState(status), attempts=attempts, retry_base=0,
         operation_id=f"op-{spec_hash[:12]}", service_id=SERVICE_IDS[0],
         first_submitted_at=started, attempt_started_at=started,
         next_attempt_at=None, next_poll_at=None, poll_count=0, last_error=None,
@@ -184,7 +185,7 @@ def _record(spec_hash: str, name: str, service: str, command: str, window: str,
                       last_error={"title": "Failed", "detail": "boom"})
     elif status == "stalled":
         rec = replace(rec, last_error={"title": "Failed", "detail": "boom"})
-    elif status == "succeeded":
+    elif status == "in_sync":
         rec = replace(rec, succeeded_at=started + timedelta(seconds=3))
     return rec
 

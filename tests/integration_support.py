@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import os
 import signal
@@ -25,7 +26,9 @@ import httpx
 import pytest
 import yaml
 
+from reconciler.ailake.client import ClientSettings
 from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.execution.engine import EngineSettings
 from reconciler.runtime.daemon import Daemon, DaemonSettings
 
 SERVICE_ID = "6f1c2a4e-0000-4000-8000-0000000000c1"
@@ -188,17 +191,32 @@ def run_once(manifests: Path, url: str, state: Path, *extra: str,
                       timeout=timeout)
 
 
-async def run_daemon_once(manifests: Path, url: str, state: Path,
+def daemon_settings(manifests: Path, url: str, state: Path, *,
+                    client: Mapping[str, Any] | None = None,
+                    engine: Mapping[str, Any] | None = None,
+                    **overrides: Any) -> DaemonSettings:
+    """Settings of ``reconciler run --once`` in-process, with fast polling (the CLI polls
+    from 1 s), no rate limit and no listener; ``client`` and ``engine`` override fields of
+    the nested :class:`ClientSettings` and :class:`EngineSettings`, ``overrides`` the
+    daemon's own."""
+    settings = DaemonSettings(
+        manifests=manifests, state=str(state), once=True, listen=None, interval=1.0,
+        grace_period=5.0,
+        client=ClientSettings(base_url=url, rate_limit=None, timeout=3.0),
+        engine=EngineSettings(poll_initial=0.05, poll_max=0.2, settle=3.0),
+    )
+    return dataclasses.replace(
+        settings, client=dataclasses.replace(settings.client, **(client or {})),
+        engine=dataclasses.replace(settings.engine, **(engine or {})), **overrides)
+
+
+async def run_daemon_once(manifests: Path, url: str, state: Path, *,
+                          client: Mapping[str, Any] | None = None,
                           **overrides: Any) -> int:
-    """The daemon of ``reconciler run --once`` in-process, with fast polling (the CLI
-    polls from 1 s): returns its exit status."""
-    values: dict[str, Any] = {
-        "manifests": manifests, "api_url": url, "state": str(state), "once": True,
-        "listen": None, "interval": 1.0, "rate_limit": None, "poll_initial": 0.05,
-        "poll_max": 0.2, "grace_period": 5.0, "request_timeout": 3.0,
-    }
-    values.update(overrides)
-    return await Daemon(DaemonSettings(**values)).run()
+    """The daemon of ``reconciler run --once`` in-process (:func:`daemon_settings`):
+    returns its exit status."""
+    settings = daemon_settings(manifests, url, state, client=client, **overrides)
+    return await Daemon(settings).run()
 
 
 def start_daemon(manifests: Path, url: str, state: Path, *extra: str,

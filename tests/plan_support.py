@@ -1,25 +1,30 @@
-"""Helpers of the planner and store tests: commands, recorded intents, plan lookups.
+"""Helpers of the planner tests: commands, recorded intents built directly, plan lookups.
 
-Two ways to give the planner a recorded state:
+The planner reads :class:`IntentRecord` values only, so its tests build them here as plain
+frozen values, no store involved. The builders are named for the state they leave an
+intent in, with the fields the store would hold after the same story:
 
-* :class:`Ledger` drives a real ``Store(":memory:")`` through the same transitions the
-  engine makes (``submitted`` -> ``accepted`` -> ``succeeded`` | ``failed`` ...), so a test
-  reads like the story of an intent;
-* :func:`record` builds an :class:`IntentRecord` directly, for generated states
-  (hypothesis) and for states the store cannot reach on its own.
+* :func:`in_sync`, :func:`submitting`, :func:`pending`, :func:`failed`, :func:`stalled`:
+  one attempt (or ``attempts``) in that state;
+* :func:`failures`: ``count`` attempts that each failed, the last one scheduling a retry;
+* :func:`with_fresh_budget`: what ``reconciler retry`` makes of a failed or stalled intent;
+* :func:`record`: any combination, for generated states (hypothesis).
+
+``tests/test_store.py`` also imports :data:`T0`, :func:`command` and the duration helpers.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
+from reconciler.model.lifecycle import IntentState
 from reconciler.model.manifest import Once, Policy, RetryPolicy, ServiceCommand, ServiceRef
-from reconciler.model.records import IntentRecord, IntentStatus
-from reconciler.planning.planner import Action, Desired, Limits, Plan, View, desired_intent, plan
-from reconciler.store.sqlite import Store
+from reconciler.model.records import IntentRecord
+from reconciler.planning.planner import Action, Limits, Plan, View, desired_intent, plan
 
 #: a fixed "now": Wednesday 2024-05-01 12:00 UTC
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -27,9 +32,10 @@ SERVICE = "6f1c2a4e-0000-4000-8000-00000000aaaa"
 OTHER_SERVICE = "6f1c2a4e-0000-4000-8000-00000000bbbb"
 RETRY = RetryPolicy(limit=2, backoff=timedelta(seconds=10), max_backoff=timedelta(minutes=1))
 TIMEOUT = timedelta(minutes=30)
-#: how far apart :meth:`Ledger.failures` makes its attempts
+#: how far apart :func:`failures` makes its attempts
 ATTEMPT_SPACING = timedelta(seconds=30)
 REVISION = "rev-1"
+ERROR = {"title": "Boom", "detail": "it broke"}
 
 
 def seconds(n: float) -> timedelta:
@@ -72,22 +78,34 @@ def command(
     )
 
 
+# ------------------------------------------------------------------ recorded intents
+
+
 def record(
     cmd: ServiceCommand,
-    status: IntentStatus,
+    status: IntentState,
     *,
     now: datetime = T0,
     attempts: int = 1,
     retry_base: int = 0,
     first_submitted_at: datetime | None = None,
+    attempt_started_at: datetime | None = None,
     next_attempt_at: datetime | None = None,
     next_poll_at: datetime | None = None,
+    poll_count: int = 0,
+    operation_id: str | None = None,
     last_error: Mapping[str, Any] | None = None,
     retired: str | None = None,
+    updated_at: datetime | None = None,
 ) -> IntentRecord:
-    """The recorded intent ``cmd`` asks for at ``now`` (its window), in ``status``."""
+    """The recorded intent ``cmd`` asks for at ``now`` (its window), in ``status``.
+
+    Without ``attempts`` nothing was submitted; otherwise the first submission defaults
+    to a minute before ``now`` and the latest attempt started then too, under its
+    deterministic operation id (or ``operation_id``, the one the server answered with)."""
     want = desired_intent(cmd, now)
     submitted = first_submitted_at if first_submitted_at is not None else now - minutes(1)
+    changed = updated_at if updated_at is not None else now
     return IntentRecord(
         spec_hash=want.spec_hash,
         name=cmd.name,
@@ -98,87 +116,84 @@ def record(
         status=status,
         attempts=attempts,
         retry_base=retry_base,
-        operation_id=want.operation_id(attempts - 1) if attempts else None,
+        operation_id=(operation_id or want.operation_id(attempts - 1)) if attempts else None,
         service_id=cmd.service.id,
         first_submitted_at=submitted if attempts else None,
-        attempt_started_at=submitted if attempts else None,
+        attempt_started_at=(attempt_started_at or submitted) if attempts else None,
         next_attempt_at=next_attempt_at,
         next_poll_at=next_poll_at,
-        poll_count=0,
+        poll_count=poll_count,
         last_error=last_error,
         retired=retired,
         revision=REVISION,
         created_at=submitted,
-        updated_at=now,
-        succeeded_at=now if status == "succeeded" else None,
+        updated_at=changed,
+        succeeded_at=changed if status == IntentState.IN_SYNC else None,
     )
+
+
+def in_sync(cmd: ServiceCommand, *, at: datetime, now: datetime = T0) -> IntentRecord:
+    """One whole successful attempt submitted at ``at`` (done 5 s later), of the intent
+    ``cmd`` asks for at ``now``."""
+    return record(cmd, IntentState.IN_SYNC, now=now, first_submitted_at=at,
+                  updated_at=at + seconds(5))
+
+
+def submitting(cmd: ServiceCommand, *, at: datetime, lookup_at: datetime | None = None,
+               now: datetime = T0) -> IntentRecord:
+    """Attempt 0 recorded write-ahead at ``at``, its outcome unknown; ``lookup_at``: its
+    lookup was deferred to then."""
+    return record(cmd, IntentState.SUBMITTING, now=now, first_submitted_at=at,
+                  next_poll_at=lookup_at, poll_count=0 if lookup_at is None else 1,
+                  updated_at=at)
+
+
+def pending(cmd: ServiceCommand, *, at: datetime, poll_at: datetime,
+            first_submitted_at: datetime | None = None, attempts: int = 1,
+            server_id: str | None = None, now: datetime = T0) -> IntentRecord:
+    """Attempt ``attempts - 1``, submitted at ``at`` and accepted by the server (under
+    ``server_id`` if it chose one), next polled at ``poll_at``. ``first_submitted_at``:
+    when an earlier attempt was first submitted (default ``at``)."""
+    return record(cmd, IntentState.PENDING, now=now, attempts=attempts,
+                  first_submitted_at=first_submitted_at or at, attempt_started_at=at,
+                  next_poll_at=poll_at, operation_id=server_id, updated_at=at)
+
+
+def failed(cmd: ServiceCommand, *, at: datetime, retry_at: datetime,
+           failed_at: datetime | None = None, now: datetime = T0) -> IntentRecord:
+    """Attempt 0, submitted at ``at``, failed (at ``failed_at``); retry at ``retry_at``."""
+    return record(cmd, IntentState.FAILED, now=now, first_submitted_at=at,
+                  next_attempt_at=retry_at, last_error=ERROR, updated_at=failed_at or at)
+
+
+def stalled(cmd: ServiceCommand, *, at: datetime, title: str = "Boom", attempts: int = 1,
+            now: datetime = T0) -> IntentRecord:
+    """``attempts`` attempts, the first submitted at ``at``, the last one failed with no
+    retry left (error ``title``)."""
+    return record(cmd, IntentState.STALLED, now=now, attempts=attempts, first_submitted_at=at,
+                  last_error={**ERROR, "title": title}, updated_at=at)
+
+
+def failures(cmd: ServiceCommand, count: int, *, since: datetime,
+             every: timedelta = ATTEMPT_SPACING, now: datetime = T0) -> IntentRecord:
+    """``count`` attempts, the first submitted at ``since`` and each ``every`` after the
+    previous one, that each failed a second after it started; the last one scheduled a
+    retry 20 s after it started."""
+    last = since + every * (count - 1)
+    return record(cmd, IntentState.FAILED, now=now, attempts=count, first_submitted_at=since,
+                  attempt_started_at=last, next_attempt_at=last + seconds(20),
+                  last_error=ERROR, updated_at=last + seconds(1))
+
+
+def with_fresh_budget(rec: IntentRecord, *, at: datetime) -> IntentRecord:
+    """``rec`` after ``reconciler retry`` at ``at``: failed, due then, with a fresh retry
+    budget (``retry_base`` = its attempts) and deadline (no first submission)."""
+    return replace(rec, status=IntentState.FAILED, retry_base=rec.attempts,
+                   first_submitted_at=None, next_attempt_at=at, updated_at=at)
 
 
 def recorded(*records: IntentRecord) -> dict[str, IntentRecord]:
     return {r.spec_hash: r for r in records}
-
-
-class Ledger:
-    """A real in-memory store, driven through the engine's transitions."""
-
-    def __init__(self, store: Store | None = None, *, retention: int = 50) -> None:
-        self.store = store if store is not None else Store(":memory:", retention=retention)
-
-    @property
-    def records(self) -> dict[str, IntentRecord]:
-        return self.store.intents()
-
-    def intent(self, want: Desired) -> IntentRecord:
-        rec = self.store.intent(want.spec_hash)
-        assert rec is not None, f"{want.name} is not recorded"
-        return rec
-
-    def submitted(self, want: Desired, at: datetime, *, attempt: int | None = None) -> None:
-        """Write-ahead record of the next attempt (or ``attempt``) as ``submitting``."""
-        if attempt is None:
-            rec = self.store.intent(want.spec_hash)
-            attempt = rec.attempts if rec is not None else 0
-        self.store.begin_attempt(want.new_intent(), attempt=attempt,
-                                 operation_id=want.operation_id(attempt),
-                                 service_id=want.command.service.id, now=at,
-                                 revision=REVISION)
-
-    def accepted(self, want: Desired, at: datetime, *, poll_at: datetime | None = None,
-                 server_id: str | None = None) -> None:
-        """The server answered 202 (with ``server_id``, or the id that was sent)."""
-        sent = self.intent(want).operation_id
-        assert sent is not None
-        self.store.mark_pending(want.spec_hash, operation_id=server_id or sent,
-                                sent_operation_id=sent, now=at,
-                                next_poll_at=poll_at or at + seconds(1))
-
-    def succeeded(self, want: Desired, at: datetime) -> None:
-        op = self.intent(want).operation_id
-        assert op is not None
-        self.store.mark_succeeded(want.spec_hash, operation_id=op, now=at,
-                                  result={"ok": True})
-
-    def failed(self, want: Desired, at: datetime, *, retry_at: datetime | None,
-               title: str = "Boom") -> None:
-        """The attempt failed: retry at ``retry_at``, or stall when it is None."""
-        self.store.mark_failed(want.spec_hash, operation_id=self.intent(want).operation_id,
-                               now=at, error={"title": title, "detail": "it broke"},
-                               next_attempt_at=retry_at)
-
-    def ran(self, want: Desired, at: datetime) -> None:
-        """One whole successful attempt at ``at``."""
-        self.submitted(want, at)
-        self.accepted(want, at)
-        self.succeeded(want, at + seconds(5))
-
-    def failures(self, want: Desired, count: int, at: datetime, *,
-                 every: timedelta = ATTEMPT_SPACING) -> None:
-        """``count`` attempts that each failed, the last one scheduling a retry."""
-        for i in range(count):
-            start = at + every * i
-            self.submitted(want, start)
-            self.accepted(want, start)
-            self.failed(want, start + seconds(1), retry_at=start + seconds(20))
 
 
 # ------------------------------------------------------------------ reading a plan
@@ -215,4 +230,3 @@ def view(result: Plan, name: str) -> View:
 
 def kinds(result: Plan) -> list[tuple[str, str]]:
     return [(a.kind, a.name) for a in result.actions]
-

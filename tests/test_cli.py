@@ -37,6 +37,7 @@ from integration_support import (
 from reconciler.ailake.emulator import RunningEmulator
 from reconciler.cli.demo import bundled_manifests
 from reconciler.model.identity import operation_id
+from reconciler.model.lifecycle import IntentState as S
 from reconciler.source.loader import load_manifests
 
 
@@ -123,11 +124,11 @@ def test_run_once_converges_twelve_manifests_each_executed_exactly_once(
     assert all(op["posts"] == 1 and op["executions"] == 1 for op in operations(emulator.url))
     rows = status_json(state)
     assert sorted(rows) == [f"cmd-{i:02d}" for i in range(12)]
-    assert {r["state"] for r in rows.values()} == {"succeeded"}
+    assert {r["state"] for r in rows.values()} == {S.IN_SYNC}
     assert all(r["attempts"] == 1 and r["error"] is None for r in rows.values())
     # with the manifests, the planner's view: in sync
     rows = status_json(state, "--manifests", str(manifests))
-    assert {r["state"] for r in rows.values()} == {"in_sync"}
+    assert {r["state"] for r in rows.values()} == {S.IN_SYNC}
 
 
 async def test_run_once_again_after_convergence_executes_nothing(
@@ -154,10 +155,10 @@ async def test_failing_command_retries_limit_times_then_stalls_and_retry_command
     assert [e["operationId"] for e in doomed] == [
         op_id(manifests, "doomed", attempt) for attempt in range(3)]
     rows = status_json(state, "--manifests", str(manifests))
-    assert rows["doomed"]["state"] == "stalled"
+    assert rows["doomed"]["state"] == S.STALLED
     assert rows["doomed"]["attempts"] == 3
     assert rows["doomed"]["error"]["title"]
-    assert rows["fine"]["state"] == "in_sync"
+    assert rows["fine"]["state"] == S.IN_SYNC
 
     # a run without a retry changes nothing: stalled stays stalled
     again = await run_daemon_once(manifests, emulator.url, state)
@@ -176,7 +177,7 @@ async def test_failing_command_retries_limit_times_then_stalls_and_retry_command
     # continuing where the first budget ended (never reusing an operation id)
     assert len(doomed) == 3 + 3
     assert len({e["operationId"] for e in doomed}) == 6
-    assert status_json(state)["doomed"]["state"] == "stalled"
+    assert status_json(state)["doomed"]["state"] == S.STALLED
 
 
 def test_retry_of_a_name_with_nothing_to_retry_exits_1(
@@ -200,7 +201,7 @@ async def test_timeout_of_a_command_that_never_finishes_stalls_as_timed_out_with
     assert time.monotonic() - started < 15
     assert len(executions(emulator.url)) == 1
     row = status_json(state, "--manifests", str(manifests))["stuck"]
-    assert row["state"] == "stalled"
+    assert row["state"] == S.STALLED
     assert row["error"]["title"] == "Timed out"
     with sqlite3.connect(state) as db:
         statuses = [r[0] for r in db.execute("SELECT status FROM operations")]
@@ -263,7 +264,7 @@ async def test_lost_state_store_of_a_stalled_command_adopts_every_attempt_and_st
     assert code == 1
     assert len(executions(emulator.url)) == 2
     row = status_json(state)["doomed"]
-    assert row["state"] == "stalled" and row["attempts"] == 2
+    assert row["state"] == S.STALLED and row["attempts"] == 2
 
 
 async def test_run_once_with_invalid_manifests_runs_the_valid_ones_and_exits_1(
@@ -305,7 +306,7 @@ def test_run_once_configured_only_through_environment_variables(
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert [e["operationId"] for e in executions(emulator.url)] == [
         op_id(manifests, "from-env")]
-    assert status_json(state)["from-env"]["state"] == "succeeded"
+    assert status_json(state)["from-env"]["state"] == S.IN_SYNC
     assert "unused-token" not in done.stdout + done.stderr
     # status reads its store from the environment as well
     shown = reconciler("status", "--output", "json", env={"RECONCILER_STATE": str(state)})
@@ -323,7 +324,7 @@ def test_plan_on_a_converged_system_exits_0_with_no_changes(
     assert "No changes" in done.stdout
     code, document = plan_json(manifests, state)
     assert code == 0 and document["changes"] == 0 and changed(document) == []
-    assert {m["state"] for m in document["manifests"]} == {"in_sync"}
+    assert {m["state"] for m in document["manifests"]} == {S.IN_SYNC}
 
 
 def test_plan_after_a_payload_edit_exits_2_and_shows_exactly_that_submission(
@@ -424,7 +425,7 @@ def test_status_prints_a_table_of_every_manifest(
     header, *lines = done.stdout.strip().splitlines()
     assert header.split()[:4] == ["NAME", "SERVICE", "COMMAND", "STATE"]
     assert [ln.split()[0] for ln in lines] == ["alpha", "beta", "gamma"]
-    assert all("succeeded" in ln for ln in lines)
+    assert all(S.IN_SYNC in ln for ln in lines)
     assert OTHER_SERVICE_NAME in lines[1] and SERVICE_ID in lines[0]
 
 
@@ -434,7 +435,7 @@ def test_status_json_has_one_row_per_manifest(
     rows = status_json(state, "--manifests", str(manifests))
     assert sorted(rows) == ["alpha", "beta", "gamma"]
     alpha = rows["alpha"]
-    assert alpha["state"] == "in_sync" and alpha["attempts"] == 1
+    assert alpha["state"] == S.IN_SYNC and alpha["attempts"] == 1
     assert alpha["operationId"] == op_id(manifests, "alpha")
     assert alpha["command"] == "quick" and alpha["service"] == SERVICE_ID
     assert not any(k.startswith("_") for k in alpha)

@@ -31,6 +31,7 @@ from reconciler.ailake.client import (
 from reconciler.errors import (
     ApiError,
     ConfigError,
+    CredentialsError,
     OutcomeUnknownError,
     PermanentError,
     TemporaryError,
@@ -309,6 +310,36 @@ async def test_run_dropped_connection_is_outcome_unknown(exc: Exception) -> None
     assert len(script.requests) == 1
 
 
+async def test_run_undecodable_answer_is_outcome_unknown() -> None:
+    # The answer came (the command may be running) but its body cannot be decoded.
+    script = Script(httpx.DecodingError("bad gzip"))
+    async with make_client(script) as client:
+        with pytest.raises(OutcomeUnknownError) as info:
+            await run(client)
+    assert info.value.operation_id == OP_ID
+    assert len(script.requests) == 1
+
+
+async def test_run_unsupported_protocol_is_permanent_and_not_retried() -> None:
+    script = Script(httpx.UnsupportedProtocol("no such scheme"))
+    async with make_client(script) as client:
+        with pytest.raises(PermanentError, match="request could not be built"):
+            await run(client)
+    assert len(script.requests) == 1
+
+
+async def test_run_429_longer_than_cap_is_returned_not_slept() -> None:
+    throttled = httpx.Response(429, json={"error": "x"}, headers={"Retry-After": "600"})
+    sleep = FakeSleep()
+    script = Script(throttled)
+    async with make_client(script, sleep=sleep, backoff_cap=30.0) as client:
+        with pytest.raises(TemporaryError) as info:
+            await run(client)
+    assert info.value.delay == 600
+    assert sleep.delays == []
+    assert len(script.requests) == 1
+
+
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 408])
 async def test_run_5xx_is_outcome_unknown_and_not_retried(status: int) -> None:
     script = Script(problem(status, "Server Error", "boom"))
@@ -364,7 +395,7 @@ async def test_run_400_is_permanent() -> None:
 
 async def test_403_message_explains_entitlement_and_permission() -> None:
     async with make_client(Script(problem(403, "Forbidden", "denied"))) as client:
-        with pytest.raises(PermanentError) as info:
+        with pytest.raises(CredentialsError) as info:
             await client.get_operation(OP_ID)
     message = str(info.value)
     assert "AiLake" in message
@@ -375,10 +406,27 @@ async def test_403_message_explains_entitlement_and_permission() -> None:
 
 async def test_401_is_permanent_and_blames_the_token() -> None:
     async with make_client(Script(problem(401, "Unauthorized", "bad token"))) as client:
-        with pytest.raises(PermanentError) as info:
+        with pytest.raises(CredentialsError) as info:
             await client.list_services()
+    assert isinstance(info.value, PermanentError)
     assert info.value.status == 401
     assert "token" in str(info.value)
+
+
+async def test_401_without_a_token_says_none_is_configured() -> None:
+    async with make_client(Script(problem(401, "Unauthorized", "no")), token=None) as client:
+        with pytest.raises(CredentialsError, match="no API token configured"):
+            await client.get_operation(OP_ID)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_run_refused_for_credentials_is_not_retried(status: int) -> None:
+    script = Script(problem(status, "Refused", "no"))
+    async with make_client(script) as client:
+        with pytest.raises(CredentialsError) as info:
+            await run(client)
+    assert info.value.status == status
+    assert len(script.requests) == 1
 
 
 async def test_problem_json_fields_are_parsed() -> None:
@@ -441,9 +489,24 @@ async def test_get_read_timeout_is_retried() -> None:
 async def test_get_transport_errors_exhausted_raise_temporary() -> None:
     script = Script(httpx.ConnectError("refused"))
     async with make_client(script, get_retries=2) as client:
-        with pytest.raises(TemporaryError):
+        with pytest.raises(TemporaryError, match="gave up after 3 attempts"):
             await client.get_operation(OP_ID)
     assert len(script.requests) == 3
+
+
+async def test_get_unsupported_protocol_is_permanent_and_not_retried() -> None:
+    script = Script(httpx.UnsupportedProtocol("no such scheme"))
+    async with make_client(script) as client:
+        with pytest.raises(PermanentError, match="request could not be built"):
+            await client.get_operation(OP_ID)
+    assert len(script.requests) == 1
+
+
+async def test_get_undecodable_answer_is_retried() -> None:
+    script = Script(httpx.DecodingError("bad gzip"), pending())
+    async with make_client(script) as client:
+        assert await client.get_operation(OP_ID) is not None
+    assert len(script.requests) == 2
 
 
 async def test_get_409_is_temporary() -> None:
@@ -781,7 +844,7 @@ async def test_token_never_leaks_in_reprs_errors_or_records() -> None:
                     await client.get_operation(OP_ID)
         errors.append(info.value)
     kinds = {type(e) for e in errors}
-    assert kinds == {PermanentError, TemporaryError, OutcomeUnknownError}
+    assert kinds == {CredentialsError, TemporaryError, OutcomeUnknownError}
     for error in errors:
         assert SECRET not in str(error)
         assert SECRET not in repr(error.args)

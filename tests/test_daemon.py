@@ -30,6 +30,8 @@ from integration_support import (
 )
 
 from reconciler.ailake.emulator import RunningEmulator
+from reconciler.model.lifecycle import IN_FLIGHT
+from reconciler.model.lifecycle import IntentState as S
 
 
 @pytest.fixture
@@ -86,7 +88,7 @@ def test_sigterm_during_a_pass_exits_0_within_the_grace_period_with_a_consistent
         with sqlite3.connect(state) as db:
             assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
             rows = db.execute("SELECT status, operation_id FROM intents").fetchall()
-        assert {s for s, _ in rows} <= {"submitting", "pending"}
+        assert {s for s, _ in rows} <= IN_FLIGHT
         assert all(op for _, op in rows)
 
         # a restart resolves what was on the wire: each command runs exactly once
@@ -106,7 +108,7 @@ def test_sighup_triggers_an_immediate_reconcile_after_reconciler_retry(
     daemon = start_daemon(manifests, emulator.url, state, "--listen", "",
                           "--interval", "1h", log=tmp_path / "daemon.log")
     try:
-        wait_for(lambda: statuses(state).get("doomed") == "stalled", timeout=20,
+        wait_for(lambda: statuses(state).get("doomed") == S.STALLED, timeout=20,
                  what="the command to stall")
         assert len(executions(emulator.url)) == 1
         done = reconciler("retry", "doomed", "--state", state)
@@ -131,7 +133,7 @@ def test_a_manifest_written_while_the_daemon_runs_is_executed_within_seconds(
     daemon = start_daemon(manifests, emulator.url, state, "--listen", "127.0.0.1:0",
                           "--interval", "1h", log=tmp_path / "daemon.log")
     try:
-        wait_for(lambda: statuses(state).get("first") == "succeeded", timeout=20,
+        wait_for(lambda: statuses(state).get("first") == S.IN_SYNC, timeout=20,
                  what="the first manifest")
         time.sleep(0.5)
         write_manifest(manifests, manifest("second", "instant"))
@@ -140,7 +142,7 @@ def test_a_manifest_written_while_the_daemon_runs_is_executed_within_seconds(
         wait_for(lambda: len(executions(emulator.url)) == 2, timeout=8,
                  what="the new manifest to run")
         assert time.monotonic() - written < 8
-        wait_for(lambda: statuses(state).get("second") == "succeeded", timeout=8,
+        wait_for(lambda: statuses(state).get("second") == S.IN_SYNC, timeout=8,
                  what="the new manifest to succeed")
     finally:
         code = stop_process(daemon)
@@ -162,8 +164,8 @@ async def test_once_with_a_suspended_manifest_exits_0_and_submits_nothing_for_it
     assert code == 0
     assert [e["payload"] for e in executions(emulator.url)] == [None]
     rows = status_json(state, "--manifests", str(manifests))
-    assert rows["paused"]["state"] == "suspended"
-    assert rows["active"]["state"] == "in_sync"
+    assert rows["paused"]["state"] == S.SUSPENDED
+    assert rows["active"]["state"] == S.IN_SYNC
 
 
 async def test_once_with_a_dependent_of_a_suspended_manifest_exits_0_instead_of_waiting(
@@ -219,7 +221,7 @@ async def test_an_in_flight_operation_is_adopted_after_kill_9_and_a_lost_store(
     daemon = start_daemon(manifests, emulator.url, state, "--listen", "",
                           log=tmp_path / "daemon.log")
     try:
-        wait_for(lambda: statuses(state).get("slow-one") == "pending", timeout=20,
+        wait_for(lambda: statuses(state).get("slow-one") == S.PENDING, timeout=20,
                  what="the operation to be pending")
         assert [e["status"] for e in executions(emulator.url)] == ["pending"]
     finally:
@@ -234,7 +236,7 @@ async def test_an_in_flight_operation_is_adopted_after_kill_9_and_a_lost_store(
     assert len(ran) == 1 and ran[0]["status"] == "succeeded"
     assert [op["posts"] for op in operations(emulator.url)] == [1]
     row = status_json(state)["slow-one"]
-    assert row["state"] == "succeeded" and row["attempts"] == 1
+    assert row["state"] == S.IN_SYNC and row["attempts"] == 1
     assert row["operationId"] == ran[0]["operationId"]
 
 
@@ -246,7 +248,7 @@ async def test_a_kill_9_then_restart_with_the_store_resumes_without_resubmitting
     daemon = start_daemon(manifests, emulator.url, state, "--listen", "",
                           log=tmp_path / "daemon.log")
     try:
-        wait_for(lambda: list(statuses(state).values()) == ["pending"] * 3, timeout=20,
+        wait_for(lambda: list(statuses(state).values()) == [S.PENDING] * 3, timeout=20,
                  what="three pending operations")
     finally:
         daemon.kill()
@@ -272,7 +274,7 @@ async def test_once_with_an_unknown_service_name_stalls_it_without_a_post_and_ex
     assert code == 1
     assert [op["command"] for op in operations(emulator.url)] == ["instant"]
     row = status_json(state)["lost"]
-    assert row["state"] == "stalled" and row["error"]["title"] == "Service not found"
+    assert row["state"] == S.STALLED and row["error"]["title"] == "Service not found"
     history = reconciler("history", "lost", "--state", state)
     assert history.returncode == 0 and "no operation was sent yet" in history.stdout
 
@@ -285,7 +287,7 @@ async def test_once_gives_up_with_exit_1_when_the_api_keeps_failing(
     with running_emulator(faults={"errorRate": 1.0}) as emu:
         started = time.monotonic()
         code = await run_daemon_once(manifests, emu.url, tmp_path / "state.db",
-                                     api_retries=0)
+                                     client={"get_retries": 0})
         assert code == 1
         assert time.monotonic() - started < 30
         assert executions(emu.url) == []

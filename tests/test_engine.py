@@ -28,6 +28,7 @@ from integration_support import (
 from reconciler.ailake.client import AiLakeClient, ClientSettings, RequestRecord
 from reconciler.ailake.emulator import RunningEmulator
 from reconciler.execution.engine import Engine, EngineSettings, Transition
+from reconciler.model.lifecycle import Claimed, transition
 from reconciler.model.manifest import LoadResult
 from reconciler.planning.planner import Plan
 from reconciler.source.loader import load_manifests
@@ -116,7 +117,7 @@ async def test_a_payload_change_gives_exactly_one_new_run(rig: Rig) -> None:
     ran = rig.executions()
     assert len(ran) == 3
     assert ran[-1]["payload"] == {"v": 2}
-    assert {r.status for r in rig.store.intents().values()} == {"succeeded"}
+    assert {r.status for r in rig.store.intents().values()} == {"in_sync"}
     assert len(rig.store.intents_named("job")) == 2  # the old intent kept as history
 
 
@@ -303,7 +304,7 @@ async def test_a_dependent_is_submitted_only_after_its_dependency_succeeded(rig:
     assert [e["command"] for e in ran] == ["quick", "instant"]
     assert ran[1]["startedAt"] >= ran[0]["finishedAt"]
     states = [(e.name, e.state) for e in rig.events]
-    assert states.index(("first", "succeeded")) < states.index(("second", "submitting"))
+    assert states.index(("first", "in_sync")) < states.index(("second", "submitting"))
 
 
 async def test_a_removed_manifest_is_orphaned_and_nothing_is_sent(rig: Rig) -> None:
@@ -363,9 +364,9 @@ async def test_a_run_refused_for_the_token_waits_instead_of_stalling(tmp_path: P
             for _ in range(20):
                 await engine.reconcile(load)
                 clock.advance(0.2)
-                if store.intents_named("job")[0].status == "succeeded":
+                if store.intents_named("job")[0].status == "in_sync":
                     break
-            assert store.intents_named("job")[0].status == "succeeded"
+            assert store.intents_named("job")[0].status == "in_sync"
             assert len(executions(emu.url)) == 2  # attempt 0 failed, attempt 1 succeeded
 
 
@@ -375,9 +376,9 @@ async def test_an_unanswered_run_is_resent_only_after_the_settle_window(rig: Rig
     rig.write(manifest("job", "instant"))
     load = rig.load()
     want = rig.engine.plan(load).desired["job"]
-    rig.store.begin_attempt(want.new_intent(), attempt=0, operation_id=want.operation_id(0),
-                            service_id=want.command.service.label, now=rig.clock(),
-                            revision=load.revision)
+    rig.store.save(transition(None, Claimed(want.new_intent(), 0, want.operation_id(0),
+                                            want.command.service.label, load.revision),
+                              rig.clock()))
     settle = rig.engine.settings.settle
 
     rig.clock.advance(1)

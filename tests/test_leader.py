@@ -32,10 +32,17 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from structlog.testing import capture_logs
 
-from reconciler.errors import ConfigError
+from reconciler.errors import (
+    ApiError,
+    ConfigError,
+    CredentialsError,
+    PermanentError,
+    TemporaryError,
+)
 from reconciler.runtime.leader import (
     LeaderElector,
     LeaseSettings,
+    _api_error,
     format_microtime,
     parse_microtime,
 )
@@ -368,8 +375,33 @@ async def test_token_is_reread_and_never_logged(api: FakeLeaseApi, token_file: P
             await eventually(lambda: api.requests[-1][2] == "Bearer sa-token-two")
     errors = [e for e in logs if e["event"] == "lease_error"]
     assert [e["status"] for e in errors] == [403, 500]
+    assert [e["error_type"] for e in errors] == ["CredentialsError", "TemporaryError"]
     assert "HTTP 403" in errors[0]["error"]
     assert "sa-token" not in repr(logs)
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "cls"),
+    [
+        ("GET", 401, CredentialsError),
+        ("PUT", 403, CredentialsError),
+        ("GET", 422, PermanentError),
+        ("GET", 201, PermanentError),  # an unexpected success is not retried either
+        ("GET", 429, TemporaryError),
+        ("PUT", 500, TemporaryError),
+        ("GET", 409, TemporaryError),  # the shared rule: a GET's 409 is transient
+        ("POST", 503, TemporaryError),  # unknown outcome: the next round reads the Lease
+        ("POST", 408, TemporaryError),
+    ],
+)
+def test_lease_api_answers_are_classified_by_the_shared_rule(
+    method: str, status: int, cls: type[ApiError]
+) -> None:
+    body = {"kind": "Status", "reason": "Injected", "message": "injected fault"}
+    error = _api_error(httpx.Response(status, json=body), method, "/leases/x")
+    assert type(error) is cls
+    assert (error.status, error.title, error.detail) == (status, "Injected", "injected fault")
+    assert str(error) == f"{method} /leases/x: HTTP {status} Injected: injected fault"
 
 
 async def test_other_holder_is_respected_until_expiry(api: FakeLeaseApi,

@@ -21,7 +21,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from reconciler import __version__
 from reconciler.ailake.client import RequestRecord
 from reconciler.execution.engine import Transition
+from reconciler.model.lifecycle import (
+    Accepted,
+    Claimed,
+    IntentState,
+    ObservedFailed,
+    ObservedSucceeded,
+    Retired,
+    transition,
+)
 from reconciler.model.manifest import LoadResult
+from reconciler.observe import metrics as metrics_module
 from reconciler.observe.metrics import Metrics
 from reconciler.planning.planner import Plan, plan
 from reconciler.source.loader import load_manifests
@@ -144,23 +154,33 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def _record(store: Store, current: Plan, name: str, status: str, *, at: datetime,
             attempt: int = 0) -> str:
-    """Put the manifest's current intent in the store in ``status``; its operation id."""
+    """Put the manifest's current intent in the store in ``status`` through the lifecycle's
+    transitions (as the engine records them); its operation id."""
     want = current.desired[name]
     op = want.operation_id(attempt)
-    store.begin_attempt(want.new_intent(), attempt=attempt, operation_id=op,
-                        service_id=want.command.service.label, now=at, revision="r1")
+
+    def record(event: Any) -> None:
+        store.save(transition(store.intent(want.spec_hash), event, at))
+
+    rec = store.intent(want.spec_hash)
+    if rec is None or rec.attempts <= attempt:  # else this attempt is under way already
+        record(Claimed(want.new_intent(), attempt, op, want.command.service.label, "r1"))
     if status == "submitting":
         return op
-    store.mark_pending(want.spec_hash, operation_id=op, sent_operation_id=op, now=at,
-                       next_poll_at=at + timedelta(seconds=1))
+    rec = store.intent(want.spec_hash)
+    if rec is not None and rec.status == IntentState.SUBMITTING:
+        record(Accepted(op, at + timedelta(seconds=1)))
     if status == "succeeded":
-        store.mark_succeeded(want.spec_hash, operation_id=op, now=at, result={})
+        record(ObservedSucceeded(op, {}))
     elif status in ("failed", "stalled"):
-        store.mark_failed(want.spec_hash, operation_id=op, now=at,
-                          error={"title": "Command failed", "detail": ERROR_TEXT},
-                          next_attempt_at=at + timedelta(minutes=1)
-                          if status == "failed" else None)
+        retry_at = at + timedelta(minutes=1) if status == "failed" else None
+        record(ObservedFailed(op, {"title": "Command failed", "detail": ERROR_TEXT}, retry_at))
     return op
+
+
+def _retire(store: Store, spec_hash: str, *, why: str, at: datetime) -> None:
+    """Retire one recorded intent (``orphaned`` or ``superseded``) as the engine does."""
+    store.save(transition(store.intent(spec_hash), Retired(why), at))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- the interface
@@ -272,7 +292,7 @@ def test_command_failed_and_last_success_come_from_the_store(tmp_path: Path,
                  name="beta") == pytest.approx(later.timestamp())
 
     # a changed spec supersedes the stalled intent: the old failure is history, not current
-    store.retire(current.desired["gamma"].spec_hash, why="superseded", now=later)
+    _retire(store, current.desired["gamma"].spec_hash, why="superseded", at=later)
     _, samples = scrape(metrics)
     assert value(samples, "command_failed", name="gamma") == 0
 
@@ -324,7 +344,7 @@ def test_removed_manifest_leaves_no_stale_series(tmp_path: Path, store: Store) -
             samples[P + "command_last_success_timestamp_seconds"]} == {"alpha"}
 
     # alpha removed too, and retired as orphaned: both families are empty
-    store.retire(current.desired["alpha"].spec_hash, why="orphaned", now=NOW)
+    _retire(store, current.desired["alpha"].spec_hash, why="orphaned", at=NOW)
     metrics.loaded((), invalid=0, revision="empty", now=NOW.timestamp())
     _, samples = scrape(metrics)
     assert P + "command_failed" not in samples
@@ -347,6 +367,19 @@ def test_source_revision_info_has_exactly_one_series(tmp_path: Path, store: Stor
     _, samples = scrape(metrics)
     assert samples[P + "source_revision_info"] == [({"revision": second.revision}, 1.0)]
     assert value(samples, "invalid_manifests") == 0
+
+
+def test_intent_states_are_the_enum_in_the_gauges_order() -> None:
+    """The ``intents`` gauge's states come from :class:`IntentState` (every member, once),
+    in the order its series have always been created (the exposition's order)."""
+    assert set(metrics_module.INTENT_STATES) == set(IntentState)
+    assert all(isinstance(s, IntentState) for s in metrics_module.INTENT_STATES)
+    assert list(metrics_module.INTENT_STATES) == [
+        "in_sync", "waiting", "submitting", "pending", "failed", "stalled", "suspended",
+        "orphaned"]
+    _, samples = scrape(Metrics())
+    assert [lbl["state"] for lbl, _ in samples[P + "intents"]] == list(
+        metrics_module.INTENT_STATES)
 
 
 def test_reconciled_sets_state_counts_and_timestamps(tmp_path: Path, store: Store) -> None:

@@ -38,6 +38,8 @@ from observability_support import (
 )
 
 from reconciler.ailake.emulator import EmulatorConfig, RunningEmulator, start_background
+from reconciler.model.lifecycle import SETTLED_BAD
+from reconciler.model.lifecycle import IntentState as S
 
 SERVICE = "svc-1"
 EMULATOR_CONFIG = {"services": [{"id": SERVICE, "name": "alpha", "commands": {
@@ -122,8 +124,8 @@ def test_prometheus_scrapes_the_daemon_and_the_failed_command_alert_fires(
         status = httpx.get(daemon.url + "/status", timeout=5).json()
         by_name = {i["name"]: i for i in status["intents"]}
         assert set(by_name) == {GOOD, BAD}
-        assert by_name[GOOD]["state"] == "in_sync"
-        assert by_name[BAD]["state"] in ("failed", "stalled")
+        assert by_name[GOOD]["state"] == S.IN_SYNC
+        assert by_name[BAD]["state"] in SETTLED_BAD
         assert by_name[BAD]["attempts"] >= 1 and by_name[BAD]["error"]
         for item in by_name.values():
             assert item["operationId"] and item["revision"] == status["revision"]
@@ -188,7 +190,7 @@ def test_logs_are_json_lines_with_one_transition_event_per_transition(
         def settled() -> bool:
             status = httpx.get(daemon.url + "/status", timeout=5).json()
             states = {i["name"]: i["state"] for i in status["intents"]}
-            return states == {GOOD: "in_sync", BAD: "stalled"}
+            return states == {GOOD: S.IN_SYNC, BAD: S.STALLED}
 
         wait_for(settled, timeout=20, what="good in sync and bad stalled",
                  diagnose=daemon.tail)
@@ -200,21 +202,21 @@ def test_logs_are_json_lines_with_one_transition_event_per_transition(
 
     transitions = [e for e in events if e["event"] == "transition"]
     good = [(e["previous"], e["state"]) for e in transitions if e["name"] == GOOD]
-    assert good == [(None, "submitting"), ("submitting", "pending"), ("pending", "succeeded")]
+    assert good == [(None, S.SUBMITTING), (S.SUBMITTING, S.PENDING), (S.PENDING, S.IN_SYNC)]
     bad = [(e["previous"], e["state"], e["attempt"]) for e in transitions if e["name"] == BAD]
-    assert bad == [(None, "submitting", 0), ("submitting", "pending", 0),
-                   ("pending", "failed", 0), ("failed", "submitting", 1),
-                   ("submitting", "pending", 1), ("pending", "stalled", 1)]
+    assert bad == [(None, S.SUBMITTING, 0), (S.SUBMITTING, S.PENDING, 0),
+                   (S.PENDING, S.FAILED, 0), (S.FAILED, S.SUBMITTING, 1),
+                   (S.SUBMITTING, S.PENDING, 1), (S.PENDING, S.STALLED, 1)]
     revisions = {e["revision"] for e in events if e["event"] == "manifests_loaded"}
     assert len(revisions) == 1
     for e in transitions:
         assert {"name", "service", "command", "operation_id", "attempt", "revision"} <= set(e)
         assert e["service"] == SERVICE and e["operation_id"] and e["revision"] in revisions
-        terminal = e["state"] in ("succeeded", "failed", "stalled")
+        terminal = e["state"] in {S.IN_SYNC, *SETTLED_BAD}
         assert ("duration" in e) == terminal, e
         if terminal:
             assert isinstance(e["duration"], float | int) and e["duration"] >= 0
-        if e["state"] in ("failed", "stalled"):
+        if e["state"] in SETTLED_BAD:
             assert e["level"] == "warning" and e["error_title"] == "Command failed"
     # every recorded attempt has its own operation id; the retry uses a new one
     ops = {e["attempt"]: e["operation_id"] for e in transitions if e["name"] == BAD}
@@ -246,7 +248,7 @@ def test_api_errors_are_logged_with_status_and_trace_id(
 
         def recovered() -> bool:
             status = httpx.get(daemon.url + "/status", timeout=5).json()
-            return {i["name"]: i["state"] for i in status["intents"]}.get(GOOD) == "in_sync"
+            return {i["name"]: i["state"] for i in status["intents"]}.get(GOOD) == S.IN_SYNC
 
         wait_for(recovered, timeout=30, what="the good command in sync after the outage",
                  diagnose=daemon.tail)

@@ -1,15 +1,19 @@
 """The planner: ``plan(desired, recorded, now) -> Plan``, pure and table-driven.
 
 Each test states one decision of the planner for one recorded state (DESIGN section 4);
-the hypothesis tests at the end check the safety invariants over generated states.
+the records are built directly (``plan_support``), no store involved. The hypothesis tests
+at the end check the safety invariants over generated states.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
+import re
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,22 +22,30 @@ from plan_support import (
     OTHER_SERVICE,
     SERVICE,
     T0,
-    Ledger,
     actions_of,
     command,
+    failed,
+    failures,
     hours,
+    in_sync,
     kinds,
     minutes,
     only,
     only_kind,
+    pending,
     planned,
     record,
     recorded,
     seconds,
+    stalled,
+    submitting,
     view,
+    with_fresh_budget,
 )
 
+import reconciler.planning
 from reconciler.model.identity import operation_id
+from reconciler.model.lifecycle import IntentState
 from reconciler.model.manifest import Interval, Once, Schedule
 from reconciler.planning.planner import CHANGE_KINDS, Action, Limits, desired_intent
 
@@ -51,7 +63,10 @@ def test_a_new_intent_is_submitted_as_attempt_zero_with_its_deterministic_operat
     assert action.attempt == 0
     assert action.spec_hash == want.spec_hash
     assert action.operation_id == operation_id(want.spec_hash, 0)
-    assert view(result, "a").state == "submitting"
+
+
+def test_a_new_intent_being_submitted_is_reported_as_submitting():
+    assert view(planned([A], {}), "a").state == "submitting"
 
 
 def test_a_new_intent_is_planned_identically_by_any_replica():
@@ -61,54 +76,50 @@ def test_a_new_intent_is_planned_identically_by_any_replica():
 # ------------------------------------------------------------------ recorded states
 
 
-def test_a_succeeded_intent_is_in_sync_and_nothing_is_executed():
-    ledger = Ledger()
-    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
-    result = planned([A], ledger.records)
+def test_a_succeeded_intent_is_in_sync():
+    result = planned([A], recorded(in_sync(A, at=T0 - minutes(5))))
     assert only(result, "a").kind == "noop"
     assert only(result, "a").reason == "in sync"
     assert view(result, "a").state == "in_sync"
     assert view(result, "a").settled
+
+
+def test_a_succeeded_intent_executes_nothing():
+    result = planned([A], recorded(in_sync(A, at=T0 - minutes(5))))
     assert result.executable == ()
     assert result.changes == ()
 
 
 def test_a_pending_intent_whose_poll_is_due_is_polled():
-    ledger = Ledger()
     want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.accepted(want, T0 - seconds(10), poll_at=T0 - seconds(1))
-    action = only(planned([A], ledger.records), "a")
+    rec = pending(A, at=T0 - seconds(10), poll_at=T0 - seconds(1))
+    action = only(planned([A], recorded(rec)), "a")
     assert action.kind == "poll"
     assert action.operation_id == want.operation_id(0)
     assert action.attempt == 0
 
 
-def test_a_pending_intent_whose_poll_is_not_due_waits_and_wakes_the_planner_then():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.accepted(want, T0 - seconds(10), poll_at=T0 + seconds(4))
-    result = planned([A], ledger.records)
+def test_a_pending_intent_whose_poll_is_not_due_waits_for_it():
+    rec = pending(A, at=T0 - seconds(10), poll_at=T0 + seconds(4))
+    result = planned([A], recorded(rec))
     assert only(result, "a").kind == "noop"
     assert only(result, "a").at == T0 + seconds(4)
-    assert result.wake_at == T0 + seconds(4)
     assert view(result, "a").state == "pending"
 
 
+def test_a_pending_intent_whose_poll_is_not_due_wakes_the_planner_at_its_poll():
+    rec = pending(A, at=T0 - seconds(10), poll_at=T0 + seconds(4))
+    assert planned([A], recorded(rec)).wake_at == T0 + seconds(4)
+
+
 def test_a_pending_intent_is_polled_under_the_id_the_server_answered_with():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.accepted(want, T0 - seconds(10), poll_at=T0, server_id="server-chosen")
-    assert only(planned([A], ledger.records), "a").operation_id == "server-chosen"
+    rec = pending(A, at=T0 - seconds(10), poll_at=T0, server_id="server-chosen")
+    assert only(planned([A], recorded(rec)), "a").operation_id == "server-chosen"
 
 
 def test_a_submitting_intent_is_resolved_before_anything_is_sent_again():
-    ledger = Ledger()
     want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    result = planned([A], ledger.records)
+    result = planned([A], recorded(submitting(A, at=T0 - seconds(10))))
     action = only(result, "a")
     assert action.kind == "resolve"
     assert action.may_submit is True
@@ -117,27 +128,21 @@ def test_a_submitting_intent_is_resolved_before_anything_is_sent_again():
 
 
 def test_a_submitting_intent_whose_lookup_was_deferred_waits_for_it():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.store.defer(want.spec_hash, now=T0 - seconds(5), next_poll_at=T0 + seconds(3))
-    result = planned([A], ledger.records)
+    rec = submitting(A, at=T0 - seconds(10), lookup_at=T0 + seconds(3))
+    result = planned([A], recorded(rec))
     assert only(result, "a").kind == "noop"
     assert result.wake_at == T0 + seconds(3)
 
 
 def test_a_submitting_intent_of_a_suspended_manifest_is_resolved_but_never_resent():
-    ledger = Ledger()
-    ledger.submitted(desired_intent(A, T0), T0 - seconds(10))
-    action = only(planned([replace(A, suspend=True)], ledger.records), "a")
+    rec = submitting(A, at=T0 - seconds(10))
+    action = only(planned([replace(A, suspend=True)], recorded(rec)), "a")
     assert action.kind == "resolve"
     assert action.may_submit is False
 
 
 def test_a_submitting_intent_of_a_removed_manifest_is_resolved_but_never_resent():
-    ledger = Ledger()
-    ledger.submitted(desired_intent(A, T0), T0 - seconds(10))
-    result = planned([], ledger.records)
+    result = planned([], recorded(submitting(A, at=T0 - seconds(10))))
     action = only(result, "a")
     assert action.kind == "resolve"
     assert action.may_submit is False
@@ -148,52 +153,44 @@ def test_a_submitting_intent_of_a_removed_manifest_is_resolved_but_never_resent(
 
 
 def test_a_failed_intent_waits_for_its_backoff():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(30))
-    ledger.failed(want, T0 - seconds(5), retry_at=T0 + seconds(5))
-    result = planned([A], ledger.records)
+    rec = failed(A, at=T0 - seconds(30), failed_at=T0 - seconds(5), retry_at=T0 + seconds(5))
+    result = planned([A], recorded(rec))
     action = only(result, "a")
     assert action.kind == "wait-backoff"
     assert action.at == T0 + seconds(5)
-    assert result.wake_at == T0 + seconds(5)
     assert view(result, "a").state == "failed"
 
 
+def test_a_failed_intent_wakes_the_planner_when_its_backoff_ends():
+    rec = failed(A, at=T0 - seconds(30), failed_at=T0 - seconds(5), retry_at=T0 + seconds(5))
+    assert planned([A], recorded(rec)).wake_at == T0 + seconds(5)
+
+
 def test_a_failed_intent_is_retried_once_its_backoff_elapsed_with_the_next_attempt_number():
-    ledger = Ledger()
     want = desired_intent(A, T0)
-    ledger.failures(want, 1, T0 - minutes(1))
-    action = only(planned([A], ledger.records), "a")
+    action = only(planned([A], recorded(failures(A, 1, since=T0 - minutes(1)))), "a")
     assert action.kind == "retry"
     assert action.attempt == 1
     assert action.operation_id == operation_id(want.spec_hash, 1)
 
 
 def test_the_last_allowed_retry_is_still_made():
-    ledger = Ledger()
-    want = desired_intent(A, T0)  # retry limit 2: three attempts in all
-    ledger.failures(want, 2, T0 - minutes(2))
-    action = only(planned([A], ledger.records), "a")
+    rec = failures(A, 2, since=T0 - minutes(2))  # retry limit 2: three attempts in all
+    action = only(planned([A], recorded(rec)), "a")
     assert (action.kind, action.attempt) == ("retry", 2)
 
 
 def test_failures_beyond_the_retry_limit_give_up():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.failures(want, 3, T0 - minutes(3))
-    result = planned([A], ledger.records)
+    result = planned([A], recorded(failures(A, 3, since=T0 - minutes(3))))
     assert only(result, "a").kind == "give-up"
     assert view(result, "a").state == "stalled"
     assert view(result, "a").settled
 
 
 def test_a_next_attempt_scheduled_past_the_deadline_gives_up():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - minutes(25))
-    ledger.failed(want, T0 - minutes(1), retry_at=T0 - minutes(25) + minutes(31))
-    result = planned([A], ledger.records)
+    rec = failed(A, at=T0 - minutes(25), failed_at=T0 - minutes(1),
+                 retry_at=T0 - minutes(25) + minutes(31))
+    result = planned([A], recorded(rec))
     assert only(result, "a").kind == "give-up"
     assert "deadline" in only(result, "a").reason
     assert "30m" in only(result, "a").reason
@@ -201,19 +198,15 @@ def test_a_next_attempt_scheduled_past_the_deadline_gives_up():
 
 def test_a_retry_that_falls_due_after_the_deadline_gives_up_instead_of_running_late():
     # the retry was due before the deadline, but the controller was down until after it
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - hours(2))
-    ledger.failed(want, T0 - hours(2) + minutes(1), retry_at=T0 - hours(2) + minutes(2))
-    assert only(planned([A], ledger.records), "a").kind == "give-up"
+    rec = failed(A, at=T0 - hours(2), failed_at=T0 - hours(2) + minutes(1),
+                 retry_at=T0 - hours(2) + minutes(2))
+    assert only(planned([A], recorded(rec)), "a").kind == "give-up"
 
 
 def test_a_pending_intent_past_its_deadline_times_out():
-    ledger = Ledger()
     want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - minutes(30))
-    ledger.accepted(want, T0 - minutes(30), poll_at=T0 + seconds(10))
-    result = planned([A], ledger.records)
+    rec = pending(A, at=T0 - minutes(30), poll_at=T0 + seconds(10))
+    result = planned([A], recorded(rec))
     action = only(result, "a")
     assert action.kind == "timeout"
     assert action.operation_id == want.operation_id(0)
@@ -221,41 +214,33 @@ def test_a_pending_intent_past_its_deadline_times_out():
 
 
 def test_the_deadline_counts_from_the_first_submission_not_the_latest_attempt():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.failures(want, 1, T0 - minutes(31))
-    ledger.submitted(want, T0 - minutes(5))
-    ledger.accepted(want, T0 - minutes(5), poll_at=T0 + seconds(10))
-    assert only(planned([A], ledger.records), "a").kind == "timeout"
+    # attempt 0 was first submitted 31 minutes ago and failed; attempt 1 runs since 5
+    rec = pending(A, at=T0 - minutes(5), poll_at=T0 + seconds(10),
+                  first_submitted_at=T0 - minutes(31), attempts=2)
+    assert only(planned([A], recorded(rec)), "a").kind == "timeout"
 
 
 def test_a_pending_intent_before_its_deadline_wakes_the_planner_at_the_deadline():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - minutes(10))
-    ledger.accepted(want, T0 - minutes(10), poll_at=T0 + hours(1))
-    assert planned([A], ledger.records).wake_at == T0 + minutes(20)
+    rec = pending(A, at=T0 - minutes(10), poll_at=T0 + hours(1))
+    assert planned([A], recorded(rec)).wake_at == T0 + minutes(20)
 
 
-def test_a_stalled_intent_stays_stalled_and_explains_why():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - minutes(5))
-    ledger.failed(want, T0 - minutes(4), retry_at=None, title="Invalid payload")
-    result = planned([A], ledger.records)
+def test_a_stalled_intent_stays_stalled_and_executes_nothing():
+    result = planned([A], recorded(stalled(A, at=T0 - minutes(5), title="Invalid payload")))
     assert only(result, "a").kind == "noop"
     assert view(result, "a").state == "stalled"
-    assert view(result, "a").reason == "Invalid payload"
     assert result.executable == ()
 
 
+def test_a_stalled_intent_explains_why_with_its_last_error():
+    result = planned([A], recorded(stalled(A, at=T0 - minutes(5), title="Invalid payload")))
+    assert view(result, "a").reason == "Invalid payload"
+
+
 def test_a_stalled_intent_given_a_fresh_budget_is_retried():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.failures(want, 3, T0 - hours(2))
-    ledger.failed(want, T0 - hours(1), retry_at=None)
-    ledger.store.retry("a", now=T0 - seconds(1))
-    action = only(planned([A], ledger.records), "a")
+    exhausted = stalled(A, at=T0 - hours(2), attempts=3)
+    rec = with_fresh_budget(exhausted, at=T0 - seconds(1))
+    action = only(planned([A], recorded(rec)), "a")
     assert (action.kind, action.attempt) == ("retry", 3)
 
 
@@ -270,19 +255,15 @@ def test_a_suspended_new_intent_is_not_submitted():
 
 
 def test_a_suspended_failed_intent_is_not_retried():
-    ledger = Ledger()
-    ledger.failures(desired_intent(A, T0), 1, T0 - minutes(1))
-    result = planned([replace(A, suspend=True)], ledger.records)
+    rec = failures(A, 1, since=T0 - minutes(1))
+    result = planned([replace(A, suspend=True)], recorded(rec))
     assert only(result, "a").kind == "noop"
     assert view(result, "a").state == "suspended"
 
 
 def test_a_suspended_pending_intent_is_still_polled():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.accepted(want, T0 - seconds(10), poll_at=T0)
-    assert only(planned([replace(A, suspend=True)], ledger.records), "a").kind == "poll"
+    rec = pending(A, at=T0 - seconds(10), poll_at=T0)
+    assert only(planned([replace(A, suspend=True)], recorded(rec)), "a").kind == "poll"
 
 
 # ------------------------------------------------------------------ dependsOn
@@ -299,41 +280,33 @@ def test_a_dependent_waits_while_its_dependency_is_not_yet_submitted():
 
 
 def test_a_dependent_waits_while_its_dependency_is_pending():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.accepted(want, T0 - seconds(10), poll_at=T0 + seconds(5))
-    action = only(planned([A, B_AFTER_A], ledger.records), "b")
+    rec = pending(A, at=T0 - seconds(10), poll_at=T0 + seconds(5))
+    action = only(planned([A, B_AFTER_A], recorded(rec)), "b")
     assert action.kind == "wait-dependency"
     assert "'a' (pending)" in action.reason
 
 
 def test_a_dependent_is_submitted_once_its_dependency_succeeded():
-    ledger = Ledger()
-    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
-    assert only(planned([A, B_AFTER_A], ledger.records), "b").kind == "submit"
+    rec = in_sync(A, at=T0 - minutes(5))
+    assert only(planned([A, B_AFTER_A], recorded(rec)), "b").kind == "submit"
 
 
-def test_a_dependent_of_a_stalled_dependency_fails_fast_naming_it():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - minutes(5))
-    ledger.failed(want, T0 - minutes(4), retry_at=None)
-    result = planned([A, B_AFTER_A], ledger.records)
+def test_a_dependent_of_a_stalled_dependency_fails_fast():
+    result = planned([A, B_AFTER_A], recorded(stalled(A, at=T0 - minutes(5))))
     assert only(result, "b").kind == "wait-dependency"
     assert view(result, "b").state == "stalled"
     assert view(result, "b").settled
+
+
+def test_a_dependent_of_a_stalled_dependency_names_it_and_how_to_retry_it():
+    result = planned([A, B_AFTER_A], recorded(stalled(A, at=T0 - minutes(5))))
     assert "'a' stalled" in view(result, "b").reason
     assert "reconciler retry a" in view(result, "b").reason
 
 
 def test_a_stalled_dependency_blocks_its_dependents_transitively():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - minutes(5))
-    ledger.failed(want, T0 - minutes(4), retry_at=None)
     c = command("c", depends_on=["b"])
-    result = planned([A, B_AFTER_A, c], ledger.records)
+    result = planned([A, B_AFTER_A, c], recorded(stalled(A, at=T0 - minutes(5))))
     assert only(result, "c").kind == "wait-dependency"
     assert view(result, "c").state == "stalled"
     assert "'b' is blocked" in view(result, "c").reason
@@ -352,20 +325,16 @@ def test_a_dependent_of_a_suspended_dependency_says_so():
 
 
 def test_a_failed_dependent_is_not_retried_while_its_dependency_is_not_succeeded():
-    ledger = Ledger()
-    a_now = desired_intent(A, T0)
-    ledger.submitted(a_now, T0 - seconds(10))
-    ledger.failures(desired_intent(B_AFTER_A, T0), 1, T0 - minutes(1))
-    assert only(planned([A, B_AFTER_A], ledger.records), "b").kind == "wait-dependency"
+    records = recorded(submitting(A, at=T0 - seconds(10)),
+                       failures(B_AFTER_A, 1, since=T0 - minutes(1)))
+    assert only(planned([A, B_AFTER_A], records), "b").kind == "wait-dependency"
 
 
 # ------------------------------------------------------------------ spec changes, removal
 
 
 def test_a_removed_manifest_is_orphaned():
-    ledger = Ledger()
-    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
-    result = planned([], ledger.records)
+    result = planned([], recorded(in_sync(A, at=T0 - minutes(5))))
     assert only(result, "a").kind == "orphan"
     assert only(result, "a").reason == "manifest removed"
     assert view(result, "a").state == "orphaned"
@@ -373,26 +342,19 @@ def test_a_removed_manifest_is_orphaned():
 
 
 def test_an_in_flight_intent_of_a_removed_manifest_is_followed_before_it_is_orphaned():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - seconds(10))
-    ledger.accepted(want, T0 - seconds(10), poll_at=T0)
-    result = planned([], ledger.records)
+    result = planned([], recorded(pending(A, at=T0 - seconds(10), poll_at=T0)))
     assert only(result, "a").kind == "poll"
     assert view(result, "a").state == "orphaned"
     assert not view(result, "a").settled
 
 
 def test_an_in_flight_intent_of_a_removed_manifest_is_never_timed_out():
-    ledger = Ledger()
-    want = desired_intent(A, T0)
-    ledger.submitted(want, T0 - hours(5))
-    ledger.accepted(want, T0 - hours(5), poll_at=T0)
-    assert only(planned([], ledger.records), "a").kind == "poll"
+    rec = pending(A, at=T0 - hours(5), poll_at=T0)
+    assert only(planned([], recorded(rec)), "a").kind == "poll"
 
 
 def test_a_retired_record_is_history_and_gets_no_action():
-    rec = record(A, "succeeded", retired="orphaned")
+    rec = record(A, IntentState.IN_SYNC, retired="orphaned")
     result = planned([], recorded(rec))
     assert result.actions == ()
     assert result.views == ()
@@ -404,13 +366,11 @@ def test_a_retired_record_is_history_and_gets_no_action():
     ids=["payload", "rerun", "command"],
 )
 def test_a_changed_spec_is_a_new_intent_and_the_old_record_is_superseded(change):
-    ledger = Ledger()
     old = desired_intent(A, T0)
-    ledger.ran(old, T0 - minutes(5))
     changed = command("a", **change)
     new = desired_intent(changed, T0)
     assert new.spec_hash != old.spec_hash
-    result = planned([changed], ledger.records)
+    result = planned([changed], recorded(in_sync(A, at=T0 - minutes(5))))
     assert kinds(result) == [("submit", "a"), ("orphan", "a")]
     submit, orphan = actions_of(result, "a")
     assert submit.spec_hash == new.spec_hash
@@ -426,19 +386,14 @@ def test_a_changed_spec_is_a_new_intent_and_the_old_record_is_superseded(change)
     ids=["timeout", "dependsOn", "suspend", "retry"],
 )
 def test_a_change_outside_the_identity_keeps_a_succeeded_intent_in_sync(change):
-    ledger = Ledger()
-    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
-    result = planned([replace(A, **change)], ledger.records)
+    result = planned([replace(A, **change)], recorded(in_sync(A, at=T0 - minutes(5))))
     assert kinds(result) == [("noop", "a")]
 
 
 def test_a_new_intent_waits_while_the_previous_run_of_its_manifest_is_in_flight():
-    ledger = Ledger()
     old = desired_intent(A, T0)
-    ledger.submitted(old, T0 - seconds(10))
-    ledger.accepted(old, T0 - seconds(10), poll_at=T0)
     changed = command("a", payload={"table": "other"})
-    result = planned([changed], ledger.records)
+    result = planned([changed], recorded(pending(A, at=T0 - seconds(10), poll_at=T0)))
     new_hash = desired_intent(changed, T0).spec_hash
     assert [(a.kind, a.spec_hash) for a in result.actions] == [
         ("wait-dependency", new_hash), ("poll", old.spec_hash)]
@@ -446,21 +401,30 @@ def test_a_new_intent_waits_while_the_previous_run_of_its_manifest_is_in_flight(
     assert view(result, "a").spec_hash == new_hash
 
 
+OLD_A = command("a", payload={"table": "old"})
+
+
 def test_a_failed_intent_is_not_retried_while_a_previous_run_of_its_manifest_is_in_flight():
-    old_a = command("a", payload={"table": "old"})
-    ledger = Ledger()
-    ledger.failures(desired_intent(A, T0), 1, T0 - minutes(1))
-    ledger.submitted(desired_intent(old_a, T0), T0 - seconds(5))
-    result = planned([A], ledger.records)
+    records = recorded(failures(A, 1, since=T0 - minutes(1)),
+                       submitting(OLD_A, at=T0 - seconds(5)))
+    result = planned([A], records)
     assert only_kind(result, "wait-dependency").spec_hash == desired_intent(A, T0).spec_hash
+
+
+def test_a_submitting_previous_run_of_a_changed_manifest_is_resolved_but_never_resent():
+    records = recorded(failures(A, 1, since=T0 - minutes(1)),
+                       submitting(OLD_A, at=T0 - seconds(5)))
+    result = planned([A], records)
     assert only_kind(result, "resolve").may_submit is False
 
 
 # ------------------------------------------------------------------ interval
 
+HOURLY = Interval(every=hours(1))
+
 
 def test_an_interval_window_is_its_epoch_aligned_start():
-    cmd = command("a", policy=Interval(every=hours(1)))
+    cmd = command("a", policy=HOURLY)
     now = datetime(2024, 5, 1, 12, 34, 56, tzinfo=UTC)
     want = desired_intent(cmd, now)
     assert want.window == "2024-05-01T12:00:00Z"
@@ -475,33 +439,37 @@ def test_an_interval_window_of_an_odd_length_is_aligned_to_the_unix_epoch():
         datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
-def test_an_interval_run_is_in_sync_until_the_next_window_which_wakes_the_planner():
-    cmd = command("a", policy=Interval(every=hours(1)))
-    ledger = Ledger()
-    ledger.ran(desired_intent(cmd, T0), T0 + minutes(1))
-    result = planned([cmd], ledger.records, T0 + minutes(30))
+def test_an_interval_run_is_in_sync_until_the_next_window():
+    cmd = command("a", policy=HOURLY)
+    result = planned([cmd], recorded(in_sync(cmd, at=T0 + minutes(1))), T0 + minutes(30))
     assert kinds(result) == [("noop", "a")]
+
+
+def test_an_interval_run_in_sync_wakes_the_planner_at_the_next_window():
+    cmd = command("a", policy=HOURLY)
+    result = planned([cmd], recorded(in_sync(cmd, at=T0 + minutes(1))), T0 + minutes(30))
     assert result.wake_at == T0 + hours(1)
 
 
 def test_a_new_interval_window_is_a_new_intent_and_the_previous_window_is_superseded():
-    cmd = command("a", policy=Interval(every=hours(1)))
-    ledger = Ledger()
+    cmd = command("a", policy=HOURLY)
     first = desired_intent(cmd, T0)
-    ledger.ran(first, T0 + minutes(1))
-    result = planned([cmd], ledger.records, T0 + hours(1))
+    result = planned([cmd], recorded(in_sync(cmd, at=T0 + minutes(1))), T0 + hours(1))
     second = desired_intent(cmd, T0 + hours(1))
     assert second.spec_hash != first.spec_hash
     assert [(a.kind, a.spec_hash) for a in result.actions] == [
         ("submit", second.spec_hash), ("orphan", first.spec_hash)]
+
+
+def test_a_new_interval_window_is_submitted_naming_its_window():
+    cmd = command("a", policy=HOURLY)
+    result = planned([cmd], recorded(in_sync(cmd, at=T0 + minutes(1))), T0 + hours(1))
     assert only_kind(result, "submit").reason == "new intent for window 2024-05-01T13:00:00Z"
 
 
 def test_an_interval_run_after_a_long_outage_runs_once_for_the_current_window():
     cmd = command("a", policy=Interval(every=minutes(10)))
-    ledger = Ledger()
-    ledger.ran(desired_intent(cmd, T0), T0)
-    result = planned([cmd], ledger.records, T0 + timedelta(days=3))
+    result = planned([cmd], recorded(in_sync(cmd, at=T0)), T0 + timedelta(days=3))
     assert [a.kind for a in result.actions].count("submit") == 1
 
 
@@ -513,11 +481,15 @@ NIGHTLY = Schedule(cron="0 3 * * *", timezone="UTC", starting_deadline=hours(1))
 def test_a_schedule_tick_within_its_starting_deadline_is_submitted_for_that_tick():
     cmd = command("a", policy=NIGHTLY)
     now = datetime(2024, 5, 1, 3, 20, tzinfo=UTC)
-    result = planned([cmd], {}, now)
-    action = only(result, "a")
+    action = only(planned([cmd], {}, now), "a")
     assert action.kind == "submit"
     assert action.spec_hash == desired_intent(cmd, now).spec_hash
     assert desired_intent(cmd, now).window == "2024-05-01T03:00:00Z"
+
+
+def test_a_schedule_wakes_the_planner_at_its_next_tick():
+    cmd = command("a", policy=NIGHTLY)
+    result = planned([cmd], {}, datetime(2024, 5, 1, 3, 20, tzinfo=UTC))
     assert result.wake_at == datetime(2024, 5, 2, 3, 0, tzinfo=UTC)
 
 
@@ -549,32 +521,29 @@ def test_a_schedule_tick_older_than_its_starting_deadline_is_skipped_until_the_n
     assert result.changes == ()
 
 
+LAST_RUN = datetime(2024, 4, 20, 3, 5, tzinfo=UTC)
+
+
 def test_a_schedule_after_a_long_outage_runs_the_latest_tick_once_and_never_catches_up():
     cmd = command("a", policy=NIGHTLY)
-    ledger = Ledger()
-    ledger.ran(desired_intent(cmd, datetime(2024, 4, 20, 3, 5, tzinfo=UTC)),
-               datetime(2024, 4, 20, 3, 5, tzinfo=UTC))
     now = datetime(2024, 5, 1, 3, 30, tzinfo=UTC)
-    result = planned([cmd], ledger.records, now)
+    result = planned([cmd], recorded(in_sync(cmd, at=LAST_RUN, now=LAST_RUN)), now)
     assert [a.kind for a in result.actions] == ["submit", "orphan"]
     assert only_kind(result, "submit").spec_hash == desired_intent(cmd, now).spec_hash
 
 
 def test_a_schedule_after_a_long_outage_past_the_deadline_runs_nothing():
     cmd = command("a", policy=NIGHTLY)
-    ledger = Ledger()
-    ledger.ran(desired_intent(cmd, datetime(2024, 4, 20, 3, 5, tzinfo=UTC)),
-               datetime(2024, 4, 20, 3, 5, tzinfo=UTC))
-    result = planned([cmd], ledger.records, datetime(2024, 5, 1, 9, 0, tzinfo=UTC))
+    result = planned([cmd], recorded(in_sync(cmd, at=LAST_RUN, now=LAST_RUN)),
+                     datetime(2024, 5, 1, 9, 0, tzinfo=UTC))
     assert [a.kind for a in result.actions] == ["wait-schedule", "orphan"]
 
 
 def test_a_schedule_tick_that_already_ran_is_in_sync_even_after_its_deadline():
     cmd = command("a", policy=NIGHTLY)
     tick_run = datetime(2024, 5, 1, 3, 1, tzinfo=UTC)
-    ledger = Ledger()
-    ledger.ran(desired_intent(cmd, tick_run), tick_run)
-    result = planned([cmd], ledger.records, datetime(2024, 5, 1, 20, 0, tzinfo=UTC))
+    result = planned([cmd], recorded(in_sync(cmd, at=tick_run, now=tick_run)),
+                     datetime(2024, 5, 1, 20, 0, tzinfo=UTC))
     assert kinds(result) == [("noop", "a")]
     assert view(result, "a").state == "in_sync"
 
@@ -607,20 +576,15 @@ def test_new_submissions_beyond_max_in_flight_wait_for_capacity():
 
 def test_operations_already_in_flight_count_against_max_in_flight():
     busy = command("x")
-    ledger = Ledger()
-    ledger.submitted(desired_intent(busy, T0), T0 - seconds(10))
-    ledger.accepted(desired_intent(busy, T0), T0 - seconds(10), poll_at=T0 + seconds(5))
+    records = recorded(pending(busy, at=T0 - seconds(10), poll_at=T0 + seconds(5)))
     cmds = [command("a"), command("b"), busy]
-    result = planned(cmds, ledger.records, limits=Limits(max_in_flight=2, max_per_service=10))
+    result = planned(cmds, records, limits=Limits(max_in_flight=2, max_per_service=10))
     assert kinds(result) == [("submit", "a"), ("wait-capacity", "b"), ("noop", "x")]
 
 
 def test_an_in_flight_orphan_counts_against_the_limits():
-    ledger = Ledger()
-    gone = desired_intent(command("gone"), T0)
-    ledger.submitted(gone, T0 - seconds(10))
-    ledger.accepted(gone, T0 - seconds(10), poll_at=T0 + seconds(5))
-    result = planned([A], ledger.records, limits=Limits(max_in_flight=1, max_per_service=10))
+    records = recorded(pending(command("gone"), at=T0 - seconds(10), poll_at=T0 + seconds(5)))
+    result = planned([A], records, limits=Limits(max_in_flight=1, max_per_service=10))
     assert only(result, "a").kind == "wait-capacity"
 
 
@@ -632,29 +596,51 @@ def test_new_submissions_beyond_max_per_service_wait_for_capacity():
 
 
 def test_retries_are_subject_to_the_limits_too():
-    ledger = Ledger()
-    ledger.failures(desired_intent(A, T0), 1, T0 - minutes(1))
     busy = command("x")
-    ledger.submitted(desired_intent(busy, T0), T0 - seconds(10))
-    result = planned([A, busy], ledger.records,
-                     limits=Limits(max_in_flight=1, max_per_service=10))
+    records = recorded(failures(A, 1, since=T0 - minutes(1)),
+                       submitting(busy, at=T0 - seconds(10)))
+    result = planned([A, busy], records, limits=Limits(max_in_flight=1, max_per_service=10))
     assert only(result, "a").kind == "wait-capacity"
     assert only(result, "a").attempt == 1
 
 
 # ------------------------------------------------------------------ purity, changes
 
+MIXED = [A, command("b"), command("c", depends_on=["a"])]
 
-def test_plan_is_deterministic_and_does_not_mutate_its_inputs():
-    ledger = Ledger()
-    ledger.ran(desired_intent(A, T0), T0 - minutes(5))
-    ledger.failures(desired_intent(command("b"), T0), 1, T0 - minutes(2))
-    records = ledger.records
+
+def mixed_records():
+    return recorded(in_sync(A, at=T0 - minutes(5)),
+                    failures(command("b"), 1, since=T0 - minutes(2)))
+
+
+def test_plan_is_deterministic():
+    records = mixed_records()
+    assert planned(MIXED, records) == planned(MIXED, records)
+
+
+def test_plan_does_not_mutate_its_inputs():
+    records = mixed_records()
     snapshot = copy.deepcopy(records)
-    cmds = [A, command("b"), command("c", depends_on=["a"])]
-    first = planned(cmds, records)
-    assert planned(cmds, records) == first
+    planned(MIXED, records)
     assert records == snapshot
+
+
+PLANNING_SOURCES = sorted(Path(reconciler.planning.__file__).parent.glob("*.py"))
+CLOCK_READS = re.compile(r"\b(?:datetime\.now|utcnow|time\.time|monotonic|today)\b")
+
+
+@pytest.mark.parametrize("source", PLANNING_SOURCES, ids=lambda p: p.name)
+def test_the_planning_package_reads_no_clock(source):
+    assert CLOCK_READS.findall(source.read_text()) == []
+
+
+@pytest.mark.parametrize("source", PLANNING_SOURCES, ids=lambda p: p.name)
+def test_the_planning_package_names_states_only_through_intent_state(source):
+    states = {s.value for s in IntentState} | {"succeeded"}
+    literals = [node.value for node in ast.walk(ast.parse(source.read_text()))
+                if isinstance(node, ast.Constant) and node.value in states]
+    assert literals == []
 
 
 @pytest.mark.parametrize(
@@ -669,14 +655,18 @@ def test_an_action_is_a_change_per_the_documented_table(kind, changes):
     assert (kind in CHANGE_KINDS) is changes
 
 
-def test_plan_changes_lists_the_changes_and_executable_adds_polls():
-    ledger = Ledger()
-    polled = desired_intent(command("p"), T0)
-    ledger.submitted(polled, T0 - seconds(10))
-    ledger.accepted(polled, T0 - seconds(10), poll_at=T0)
-    cmds = [command("a"), command("b", depends_on=["a"]), command("p")]
-    result = planned(cmds, ledger.records)
+CHANGES_AND_POLLS = [command("a"), command("b", depends_on=["a"]), command("p")]
+
+
+def test_plan_changes_lists_the_changes_only():
+    records = recorded(pending(command("p"), at=T0 - seconds(10), poll_at=T0))
+    result = planned(CHANGES_AND_POLLS, records)
     assert [(a.kind, a.name) for a in result.changes] == [("submit", "a")]
+
+
+def test_plan_executable_lists_the_changes_and_the_polls():
+    records = recorded(pending(command("p"), at=T0 - seconds(10), poll_at=T0))
+    result = planned(CHANGES_AND_POLLS, records)
     assert [(a.kind, a.name) for a in result.executable] == [("submit", "a"), ("poll", "p")]
 
 
@@ -691,7 +681,9 @@ def test_an_action_renders_as_a_dict_for_json_output():
 # ------------------------------------------------------------------ invariants (hypothesis)
 
 NAMES = "abcde"
-STATES = ("absent", "submitting", "pending", "succeeded", "failed", "stalled")
+STATES = (None, IntentState.SUBMITTING, IntentState.PENDING, IntentState.IN_SYNC,
+          IntentState.FAILED, IntentState.STALLED)  # None: never recorded
+SETTLED_STATES = (None, IntentState.IN_SYNC, IntentState.FAILED, IntentState.STALLED)
 
 
 @st.composite
@@ -704,20 +696,20 @@ def scenarios(draw):
     cmds, records = [], []
 
     def state_record(cmd, allow_in_flight=True):
-        states = STATES if allow_in_flight else ("absent", "succeeded", "failed", "stalled")
-        state = draw(st.sampled_from(states))
-        if state == "absent":
+        state = draw(st.sampled_from(STATES if allow_in_flight else SETTLED_STATES))
+        if state is None:
             return None
         attempts = draw(st.integers(1, 5))
         first = now - timedelta(minutes=draw(st.integers(0, 120)))
+        in_flight = state in (IntentState.SUBMITTING, IntentState.PENDING)
         return record(
             cmd, state, now=now, attempts=attempts,
             retry_base=draw(st.integers(0, attempts)),
             first_submitted_at=first,
             next_attempt_at=(now + timedelta(seconds=draw(st.integers(-600, 600)))
-                             if state == "failed" else None),
+                             if state == IntentState.FAILED else None),
             next_poll_at=(draw(st.none() | st.just(now + timedelta(seconds=5)))
-                          if state in ("submitting", "pending") else None),
+                          if in_flight else None),
         )
 
     for i, name in enumerate(chosen):
@@ -769,7 +761,7 @@ def test_planning_invariants(scenario):
     for a in new:
         rec = records.get(a.spec_hash)
         # a succeeded, in-flight or stalled intent is never (re)submitted
-        assert rec is None or rec.status == "failed"
+        assert rec is None or rec.status == IntentState.FAILED
         assert (rec is None) == (a.kind == "submit")
         # a suspended manifest never submits
         assert not by_name[a.name].suspend
@@ -779,7 +771,7 @@ def test_planning_invariants(scenario):
         # dependencies have succeeded, and no other run of the manifest is in flight
         for dep in by_name[a.name].depends_on:
             dep_rec = records.get(current[dep])
-            assert dep_rec is not None and dep_rec.status == "succeeded"
+            assert dep_rec is not None and dep_rec.status == IntentState.IN_SYNC
         assert not any(r.in_flight for r in records.values() if r.name == a.name)
 
     for a in result.actions:
@@ -813,6 +805,6 @@ def test_planning_invariants(scenario):
 def test_a_succeeded_once_intent_is_never_resubmitted_later(scenario, later_hours):
     cmds, _, now, limits = scenario
     once = [replace(c, policy=Once()) for c in cmds]
-    done = recorded(*(record(c, "succeeded", now=now) for c in once))
+    done = recorded(*(record(c, IntentState.IN_SYNC, now=now) for c in once))
     result = planned(once, done, now + hours(later_hours), limits)
     assert [a.kind for a in result.actions] == ["noop"] * len(once)

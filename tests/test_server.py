@@ -17,8 +17,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.ailake.client import AiLakeClient, ClientSettings
+from reconciler.execution.engine import EngineSettings
 from reconciler.model.manifest import LoadResult
 from reconciler.observe.metrics import Metrics
+from reconciler.planning.planner import Limits
 from reconciler.runtime.daemon import Daemon, DaemonSettings
 from reconciler.runtime.listener import MAX_HOOK_BODY, Surface, create_app, sign
 
@@ -235,8 +237,24 @@ async def test_webhook_body_at_the_limit_is_accepted(make_client: Any) -> None:
 
 
 def _daemon(tmp_path: Path, interval: float) -> Daemon:
-    return Daemon(DaemonSettings(manifests=tmp_path, api_url="http://127.0.0.1:9",
+    return Daemon(DaemonSettings(manifests=tmp_path,
+                                 client=ClientSettings(base_url="http://127.0.0.1:9"),
                                  interval=interval, listen=None))
+
+
+def test_daemon_settings_nest_the_client_and_engine_and_never_show_secrets(
+        tmp_path: Path) -> None:
+    settings = DaemonSettings(
+        manifests=tmp_path, webhook_secret=SECRET,
+        client=ClientSettings(base_url="http://api.test", token="tok-SECRET-42",
+                              rate_limit=10.0),
+        engine=EngineSettings(limits=Limits(8, 2), settle=5.0))
+    shown = repr(settings)
+    assert "tok-SECRET-42" not in shown and SECRET not in shown
+    assert "rate_limit=10.0" in shown and "max_in_flight=8" in shown
+    assert settings.secrets == ("tok-SECRET-42", SECRET)
+    assert DaemonSettings(manifests=tmp_path,
+                          client=ClientSettings(base_url="http://api.test")).secrets == ()
 
 
 @pytest.mark.parametrize("interval", [60.0, 120.0, 600.0])

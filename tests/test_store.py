@@ -1,7 +1,8 @@
-"""The SQLite state store: schema and migrations, every transition, history, crashes.
+"""The SQLite state store: schema and migrations, every transition persisted, history, crashes.
 
-Each transition is one transaction; the crash test SIGKILLs a process in the middle of a
-stream of transitions and checks that what it left behind is whole and consistent.
+The store persists the steps the lifecycle computes (tests/store_support.py drives it through
+them, as the engine does); each step is one transaction. The crash test SIGKILLs a process in
+the middle of a stream of transitions and checks that what it left behind is whole.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from plan_support import T0, Ledger, command, hours, minutes, seconds
+from plan_support import T0, command, hours, minutes, seconds
+from store_support import Ledger
 
 from reconciler.errors import StoreError
+from reconciler.execution.engine import retry
+from reconciler.model.lifecycle import Deferred, GaveUp, TimedOut, Unresolvable
 from reconciler.planning.planner import Desired, desired_intent
 from reconciler.store.sqlite import SCHEMA_VERSION, Store
 
@@ -51,7 +55,7 @@ def op_rows(store: Store, name: str = "a") -> list[tuple[str, int, str]]:
 
 def test_a_new_store_has_the_current_schema_version_and_uses_wal(path):
     with Store(path) as store:
-        assert store.schema_version == SCHEMA_VERSION == 1
+        assert store.schema_version == SCHEMA_VERSION == 2
         assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         store.check()
 
@@ -122,10 +126,9 @@ def test_a_readonly_store_never_changes_the_database_file(path):
     with Store(path, readonly=True) as store:
         assert list(store.intents()) == [A.spec_hash]
         with pytest.raises(StoreError):
-            store.retire(A.spec_hash, why="orphaned", now=T0)
+            Ledger(store).retired(A, T0)
         with pytest.raises(StoreError):
-            store.begin_attempt(B.new_intent(), attempt=0, operation_id=B.operation_id(0),
-                                service_id=None, now=T0, revision="r")
+            Ledger(store).submitted(B, T0)
     after = (path.stat().st_mtime_ns, path.stat().st_size, path.read_bytes())
     assert after == before
 
@@ -147,10 +150,10 @@ def test_a_readonly_store_is_never_created(path):
     assert not path.parent.exists()
 
 
-# ------------------------------------------------------------------ transitions
+# ------------------------------------------------------------------ transitions, persisted
 
 
-def test_begin_attempt_records_a_new_intent_as_submitting_before_its_post(ledger):
+def test_a_claim_records_a_new_intent_as_submitting_before_its_post(ledger):
     ledger.submitted(A, T0)
     rec = ledger.intent(A)
     assert (rec.status, rec.attempts, rec.operation_id) == ("submitting", 1, A.operation_id(0))
@@ -159,7 +162,7 @@ def test_begin_attempt_records_a_new_intent_as_submitting_before_its_post(ledger
     assert op_rows(ledger.store) == [(A.operation_id(0), 0, "submitting")]
 
 
-def test_begin_attempt_of_a_retry_keeps_the_first_submission_time(ledger):
+def test_a_claim_of_a_retry_keeps_the_first_submission_time(ledger):
     ledger.failures(A, 1, T0)
     ledger.submitted(A, T0 + minutes(1))
     rec = ledger.intent(A)
@@ -170,7 +173,7 @@ def test_begin_attempt_of_a_retry_keeps_the_first_submission_time(ledger):
     assert [row[1:] for row in op_rows(ledger.store)] == [(0, "failed"), (1, "submitting")]
 
 
-def test_begin_attempt_sending_the_same_attempt_again_keeps_one_operation_row(ledger):
+def test_a_claim_sending_the_same_attempt_again_keeps_one_operation_row(ledger):
     ledger.submitted(A, T0)
     ledger.submitted(A, T0 + seconds(5), attempt=0)
     assert ledger.intent(A).attempts == 1
@@ -178,7 +181,7 @@ def test_begin_attempt_sending_the_same_attempt_again_keeps_one_operation_row(le
     assert ledger.store.operations()[0].submitted_at == T0 + seconds(5)
 
 
-def test_mark_pending_records_the_operation_as_running(ledger):
+def test_an_accepted_run_records_the_operation_as_running(ledger):
     ledger.submitted(A, T0)
     ledger.accepted(A, T0 + seconds(1), poll_at=T0 + seconds(2))
     rec = ledger.intent(A)
@@ -186,32 +189,31 @@ def test_mark_pending_records_the_operation_as_running(ledger):
     assert op_rows(ledger.store) == [(A.operation_id(0), 0, "pending")]
 
 
-def test_mark_pending_records_the_id_the_server_chose_instead_of_the_sent_one(ledger):
+def test_an_accepted_run_records_the_id_the_server_chose_instead_of_the_sent_one(ledger):
     ledger.submitted(A, T0)
     ledger.accepted(A, T0 + seconds(1), server_id="server-chosen-id")
     assert ledger.intent(A).operation_id == "server-chosen-id"
     assert op_rows(ledger.store) == [("server-chosen-id", 0, "pending")]
 
 
-def test_mark_pending_clears_the_error_of_a_deferred_lookup(ledger):
+def test_an_accepted_run_clears_the_error_of_a_deferred_lookup(ledger):
     ledger.submitted(A, T0)
-    ledger.store.defer(A.spec_hash, now=T0, next_poll_at=T0 + seconds(1),
-                       error={"title": "Unavailable"})
+    ledger.apply(A, Deferred(T0 + seconds(1), {"title": "Unavailable"}), T0)
     ledger.accepted(A, T0 + seconds(1))
     assert ledger.intent(A).last_error is None
 
 
-def test_mark_succeeded_finishes_the_intent_and_its_operation(ledger):
+def test_a_success_finishes_the_intent_and_its_operation(ledger):
     ledger.submitted(A, T0)
     ledger.accepted(A, T0)
     ledger.succeeded(A, T0 + seconds(9))
     rec = ledger.intent(A)
-    assert (rec.status, rec.succeeded_at, rec.next_poll_at) == ("succeeded", T0 + seconds(9), None)
+    assert (rec.status, rec.succeeded_at, rec.next_poll_at) == ("in_sync", T0 + seconds(9), None)
     [op] = ledger.store.operations()
     assert (op.status, op.finished_at, op.result) == ("succeeded", T0 + seconds(9), {"ok": True})
 
 
-def test_mark_failed_with_a_next_attempt_time_persists_it(ledger):
+def test_a_failure_with_a_next_attempt_time_persists_it(ledger):
     ledger.submitted(A, T0)
     ledger.accepted(A, T0)
     ledger.failed(A, T0 + seconds(3), retry_at=T0 + seconds(13), title="Busy")
@@ -224,7 +226,7 @@ def test_mark_failed_with_a_next_attempt_time_persists_it(ledger):
         "failed", T0 + seconds(3), {"title": "Busy", "detail": "it broke"})
 
 
-def test_mark_failed_without_a_next_attempt_stalls_the_intent(ledger):
+def test_a_failure_without_a_next_attempt_stalls_the_intent(ledger):
     ledger.submitted(A, T0)
     ledger.failed(A, T0 + seconds(3), retry_at=None)
     assert ledger.intent(A).status == "stalled"
@@ -232,80 +234,68 @@ def test_mark_failed_without_a_next_attempt_stalls_the_intent(ledger):
     assert op_rows(ledger.store) == [(A.operation_id(0), 0, "failed")]
 
 
-def test_mark_failed_as_timed_out_records_that_outcome_on_the_operation(ledger):
+def test_a_timeout_records_that_outcome_on_the_operation(ledger):
     ledger.submitted(A, T0)
     ledger.accepted(A, T0)
-    ledger.store.mark_failed(A.spec_hash, operation_id=A.operation_id(0), now=T0 + minutes(30),
-                             error={"title": "Timed out"}, next_attempt_at=None,
-                             outcome="timed_out")
+    ledger.apply(A, TimedOut("not finished within 30m"), T0 + minutes(30))
     assert ledger.intent(A).status == "stalled"
     assert op_rows(ledger.store) == [(A.operation_id(0), 0, "timed_out")]
 
 
-def test_mark_failed_without_an_operation_stalls_the_intent_only(ledger):
+def test_giving_up_stalls_the_intent_only(ledger):
     ledger.failures(A, 1, T0)
-    ledger.store.mark_failed(A.spec_hash, operation_id=None, now=T0 + minutes(1),
-                             error={"title": "Gave up"}, next_attempt_at=None)
+    ledger.apply(A, GaveUp("retry limit 0 reached"), T0 + minutes(1))
     assert ledger.intent(A).status == "stalled"
     assert op_rows(ledger.store) == [(A.operation_id(0), 0, "failed")]
 
 
-def test_record_stalled_records_an_intent_that_could_not_be_submitted(ledger):
-    ledger.store.record_stalled(A.new_intent(), now=T0, error={"title": "Service not found"},
-                                revision="r")
+def test_an_unresolvable_intent_is_recorded_stalled_an_intent_that_could_not_be_submitted(ledger):
+    ledger.apply(A, Unresolvable(A.new_intent(), {"title": "Service not found"}, "r"), T0)
     rec = ledger.intent(A)
     assert (rec.status, rec.attempts, rec.operation_id) == ("stalled", 0, None)
     assert rec.last_error == {"title": "Service not found"}
     assert ledger.store.operations() == []
 
 
-def test_record_stalled_of_a_failed_intent_stalls_it_and_keeps_its_history(ledger):
+def test_an_unresolvable_failed_intent_stalls_it_and_keeps_its_history(ledger):
     ledger.failures(A, 1, T0)
-    ledger.store.record_stalled(A.new_intent(), now=T0 + minutes(1),
-                                error={"title": "Service not found"}, revision="r")
+    ledger.apply(A, Unresolvable(A.new_intent(), {"title": "Service not found"}, "r"),
+                 T0 + minutes(1))
     rec = ledger.intent(A)
     assert (rec.status, rec.attempts, rec.next_attempt_at) == ("stalled", 1, None)
     assert len(ledger.store.operations()) == 1
 
 
-def test_defer_schedules_the_next_lookup_and_counts_it(ledger):
+def test_a_deferral_schedules_the_next_lookup_and_counts_it(ledger):
     ledger.submitted(A, T0)
     ledger.accepted(A, T0)
-    ledger.store.defer(A.spec_hash, now=T0 + seconds(1), next_poll_at=T0 + seconds(8),
-                       error={"title": "Unavailable"})
-    ledger.store.defer(A.spec_hash, now=T0 + seconds(8), next_poll_at=T0 + seconds(20))
+    ledger.apply(A, Deferred(T0 + seconds(8), {"title": "Unavailable"}), T0 + seconds(1))
+    ledger.apply(A, Deferred(T0 + seconds(20)), T0 + seconds(8))
     rec = ledger.intent(A)
     assert (rec.status, rec.next_poll_at, rec.poll_count) == ("pending", T0 + seconds(20), 2)
     assert rec.last_error == {"title": "Unavailable"}
 
 
-def test_forget_attempt_of_a_first_attempt_leaves_the_intent_unrecorded(ledger):
+def test_an_attempt_that_never_arrived_of_a_first_attempt_leaves_the_intent_unrecorded(ledger):
     ledger.submitted(A, T0)
-    ledger.store.forget_attempt(A.spec_hash, operation_id=A.operation_id(0), now=T0)
+    ledger.never_arrived(A, T0)
     assert ledger.store.intent(A.spec_hash) is None
     assert ledger.store.operations() == []
 
 
-def test_forget_attempt_of_a_retry_returns_the_intent_to_failed_due_now(ledger):
+def test_an_attempt_that_never_arrived_of_a_retry_returns_the_intent_to_failed_due_now(ledger):
     ledger.failures(A, 1, T0)
     ledger.submitted(A, T0 + minutes(1))
-    ledger.store.forget_attempt(A.spec_hash, operation_id=A.operation_id(1),
-                                now=T0 + minutes(2))
+    ledger.never_arrived(A, T0 + minutes(2))
     rec = ledger.intent(A)
     assert (rec.status, rec.attempts, rec.next_attempt_at) == ("failed", 1, T0 + minutes(2))
     assert op_rows(ledger.store) == [(A.operation_id(0), 0, "failed")]
 
 
-def test_forget_attempt_of_an_unknown_intent_changes_nothing(ledger):
-    ledger.ran(B, T0)
-    ledger.store.forget_attempt(A.spec_hash, operation_id=A.operation_id(0), now=T0)
-    assert list(ledger.records) == [B.spec_hash]
-
-
 @pytest.mark.parametrize("why", ["orphaned", "superseded"])
-def test_retire_keeps_the_intent_as_history_only(ledger, why):
+def test_retiring_keeps_the_intent_as_history_only(ledger, why):
     ledger.ran(A, T0)
-    ledger.store.retire(A.spec_hash, why=why, now=T0 + minutes(1))
+    ledger.retired(A, T0 + minutes(1), why)
     assert ledger.records == {}
     assert ledger.store.intents(include_retired=True)[A.spec_hash].retired == why
     assert len(ledger.store.operations(name="a")) == 1
@@ -313,8 +303,8 @@ def test_retire_keeps_the_intent_as_history_only(ledger, why):
 
 def test_retry_gives_a_stalled_intent_a_fresh_budget_and_deadline_due_now(ledger):
     ledger.failures(A, 3, T0)
-    ledger.failed(A, T0 + minutes(2), retry_at=None)
-    assert ledger.store.retry("a", now=T0 + hours(1)) == [A.spec_hash]
+    ledger.apply(A, GaveUp("retry limit 2 reached"), T0 + minutes(3))
+    assert retry(ledger.store, "a", now=T0 + hours(1)) == [A.spec_hash]
     rec = ledger.intent(A)
     assert (rec.status, rec.retry_base, rec.attempts) == ("failed", 3, 3)
     assert rec.first_submitted_at is None
@@ -326,17 +316,17 @@ def test_retry_leaves_succeeded_in_flight_and_retired_intents_alone(ledger):
     old = a_version("old")
     ledger.submitted(old, T0)
     ledger.failed(old, T0, retry_at=None)
-    ledger.store.retire(old.spec_hash, why="superseded", now=T0)
+    ledger.retired(old, T0, "superseded")
     ledger.submitted(B, T0)
-    assert ledger.store.retry("a", now=T0) == []
-    assert ledger.store.retry("b", now=T0) == []
-    assert ledger.intent(A).status == "succeeded"
+    assert retry(ledger.store, "a", now=T0) == []
+    assert retry(ledger.store, "b", now=T0) == []
+    assert ledger.intent(A).status == "in_sync"
     assert ledger.intent(B).status == "submitting"
 
 
 def test_a_retried_intent_starts_its_new_deadline_at_its_next_submission(ledger):
     ledger.failures(A, 1, T0)
-    ledger.store.retry("a", now=T0 + hours(1))
+    retry(ledger.store, "a", now=T0 + hours(1))
     ledger.submitted(A, T0 + hours(2))
     assert ledger.intent(A).first_submitted_at == T0 + hours(2)
 
@@ -348,7 +338,7 @@ def test_history_keeps_every_attempt_of_every_intent_of_a_manifest(ledger):
     ledger.failures(A, 2, T0)
     ledger.ran(A, T0 + minutes(5))
     newer = a_version("2")
-    ledger.store.retire(A.spec_hash, why="superseded", now=T0 + minutes(6))
+    ledger.retired(A, T0 + minutes(6), "superseded")
     ledger.ran(newer, T0 + minutes(7))
     ledger.ran(B, T0)
     assert [(o.spec_hash, o.attempt, o.status) for o in ledger.store.operations(name="a")] == [
@@ -365,9 +355,9 @@ def test_prune_drops_the_oldest_retired_intents_beyond_retention_with_their_oper
     versions = [a_version(str(i)) for i in range(5)]
     for i, want in enumerate(versions):
         ledger.ran(want, T0 + minutes(i))
-        ledger.store.retire(want.spec_hash, why="superseded", now=T0 + minutes(i) + seconds(30))
+        ledger.retired(want, T0 + minutes(i) + seconds(30), "superseded")
     ledger.ran(B, T0)
-    ledger.store.retire(B.spec_hash, why="orphaned", now=T0)
+    ledger.retired(B, T0, "orphaned")
     assert ledger.store.prune() == 3
     kept = [r.spec_hash for r in ledger.store.intents_named("a")]
     assert kept == [versions[3].spec_hash, versions[4].spec_hash]
@@ -380,7 +370,7 @@ def test_prune_never_drops_current_or_in_flight_intents():
     versions = [a_version(str(i)) for i in range(3)]
     for i, want in enumerate(versions):
         ledger.submitted(want, T0 + minutes(i))
-    ledger.store.retire(versions[0].spec_hash, why="superseded", now=T0 + minutes(5))
+    ledger.retired(versions[0], T0 + minutes(5), "superseded")
     assert ledger.store.prune() == 0
     assert len(ledger.store.intents_named("a")) == 3
 
@@ -390,30 +380,36 @@ def test_prune_never_drops_current_or_in_flight_intents():
 WORKER = r"""
 import sys
 from datetime import UTC, datetime, timedelta
-from reconciler.store.sqlite import NewIntent, Store
+from reconciler.model.lifecycle import (
+    Accepted, Claimed, ObservedFailed, ObservedSucceeded, transition)
+from reconciler.model.records import NewIntent
+from reconciler.store import Store
 
 store = Store(sys.argv[1])
 run = sys.argv[2]
 t0 = datetime(2024, 5, 1, tzinfo=UTC)
+
+
+def step(rec, event, now):
+    s = transition(rec, event, now)
+    store.save(s)
+    return s.record
+
+
 print("ready", flush=True)
 for i in range(100_000):
     h = f"{run}-{i:06d}"
     now = t0 + timedelta(seconds=i)
     intent = NewIntent(h, f"n-{h}", "svc", "reindex", "", "{}")
-    store.begin_attempt(intent, attempt=0, operation_id=h + "/0", service_id="svc",
-                        now=now, revision=run)
+    rec = step(None, Claimed(intent, 0, h + "/0", "svc", run), now)
     if i % 3 == 0:  # a failure, then a retry
-        store.mark_pending(h, operation_id=h + "/0", sent_operation_id=h + "/0", now=now,
-                           next_poll_at=now)
-        store.mark_failed(h, operation_id=h + "/0", now=now, error={"title": "x"},
-                          next_attempt_at=now)
-        store.begin_attempt(intent, attempt=1, operation_id=h + "/1", service_id="svc",
-                            now=now, revision=run)
+        rec = step(rec, Accepted(h + "/0", now), now)
+        rec = step(rec, ObservedFailed(h + "/0", {"title": "x"}, now), now)
+        rec = step(rec, Claimed(intent, 1, h + "/1", "svc", run), now)
     sent = h + f"/{1 if i % 3 == 0 else 0}"
     answered = sent + "-server" if i % 2 else sent
-    store.mark_pending(h, operation_id=answered, sent_operation_id=sent, now=now,
-                       next_poll_at=now)
-    store.mark_succeeded(h, operation_id=answered, now=now, result={"i": i})
+    rec = step(rec, Accepted(answered, now), now)
+    step(rec, ObservedSucceeded(answered, {"i": i}), now)
 """
 
 
@@ -436,9 +432,9 @@ def assert_consistent(path: Path) -> int:
             assert latest is not None and latest.attempt == rec.current_attempt, rec
             assert all(o.status == "failed" for o in mine[:-1])
             expected = {"submitting": "submitting", "pending": "pending",
-                        "succeeded": "succeeded", "failed": "failed"}[rec.status]
+                        "in_sync": "succeeded", "failed": "failed"}[rec.status]
             assert latest.status == expected, (rec, latest)
-            if rec.status == "succeeded":
+            if rec.status == "in_sync":
                 assert latest.result is not None and rec.succeeded_at is not None
         return len(intents)
 
@@ -461,3 +457,57 @@ def test_a_kill_9_at_any_moment_leaves_a_whole_and_consistent_store(tmp_path):
         total = assert_consistent(path)
     assert total > 0, "the workers recorded nothing before they were killed"
 
+
+
+# ------------------------------------------------------------------ migrations
+
+V1_SCHEMA = """
+CREATE TABLE intents (spec_hash TEXT PRIMARY KEY, name TEXT NOT NULL, service TEXT NOT NULL,
+    command TEXT NOT NULL, window TEXT NOT NULL DEFAULT '', canonical TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    retry_base INTEGER NOT NULL DEFAULT 0, operation_id TEXT, service_id TEXT,
+    first_submitted_at REAL, attempt_started_at REAL, next_attempt_at REAL,
+    next_poll_at REAL, poll_count INTEGER NOT NULL DEFAULT 0, last_error TEXT, retired TEXT,
+    revision TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    succeeded_at REAL);
+CREATE TABLE operations (operation_id TEXT PRIMARY KEY, spec_hash TEXT NOT NULL
+    REFERENCES intents(spec_hash) ON DELETE CASCADE, name TEXT NOT NULL,
+    attempt INTEGER NOT NULL, service_id TEXT, submitted_at REAL NOT NULL, finished_at REAL,
+    status TEXT NOT NULL, error TEXT, result TEXT, revision TEXT NOT NULL DEFAULT '');
+INSERT INTO intents (spec_hash, name, service, command, canonical, status, attempts,
+    operation_id, created_at, updated_at, succeeded_at)
+    VALUES ('h1', 'a', 'svc', 'reindex', '{}', 'succeeded', 1, 'op-1', 1, 2, 2);
+INSERT INTO operations (operation_id, spec_hash, name, attempt, submitted_at, finished_at,
+    status) VALUES ('op-1', 'h1', 'a', 0, 1, 2, 'succeeded');
+PRAGMA user_version = 1;
+"""
+
+
+def test_a_version_1_store_is_migrated_keeping_its_intents_and_history(path):
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)
+    db.executescript(V1_SCHEMA)
+    db.close()
+    with Store(path) as store:
+        assert store.schema_version == SCHEMA_VERSION
+        assert store.intent("h1").status == "in_sync"
+        assert [(o.operation_id, o.attempt, o.status) for o in store.operations()] == [
+            ("op-1", 0, "succeeded")]
+        store.check()
+
+
+def test_two_intents_may_record_the_same_server_operation_id(ledger):
+    ledger.submitted(A, T0)
+    ledger.accepted(A, T0, server_id="one-id-for-all")
+    ledger.submitted(B, T0)
+    ledger.accepted(B, T0, server_id="one-id-for-all")
+    assert ledger.intent(A).operation_id == ledger.intent(B).operation_id == "one-id-for-all"
+    assert len(ledger.store.operations()) == 2
+
+
+def test_a_snapshot_is_a_copy_that_never_changes_the_original(ledger):
+    ledger.ran(A, T0)
+    with ledger.store.snapshot() as scratch:
+        Ledger(scratch).submitted(B, T0)
+        assert set(scratch.intents()) == {A.spec_hash, B.spec_hash}
+    assert set(ledger.store.intents()) == {A.spec_hash}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import socket
 import sys
 import tempfile
@@ -17,15 +18,23 @@ from importlib import resources
 from pathlib import Path
 from typing import TextIO
 
+from reconciler.ailake.client import ClientSettings
 from reconciler.ailake.emulator import load_config, start_background
-from reconciler.cli.render import status_rows, status_table
+from reconciler.cli.render import status_table
 from reconciler.execution.engine import Transition
 from reconciler.listen import parse_listen
+from reconciler.model.lifecycle import SETTLED_BAD, IntentState
 from reconciler.observe import logs
+from reconciler.observe.status import status_rows
 from reconciler.runtime.daemon import Daemon, DaemonSettings
 from reconciler.store.sqlite import Store
 
 __all__ = ["Progress", "bundled_manifests", "run_demo"]
+
+#: how a record was retired when its manifest changed (it is not a state of the manifest)
+SUPERSEDED = "superseded"
+#: transitions whose reason the progress line shows
+EXPLAINED: frozenset[str] = frozenset({*SETTLED_BAD, IntentState.ORPHANED, SUPERSEDED})
 
 
 def bundled_manifests() -> Path:
@@ -43,13 +52,13 @@ class Progress:
     def __call__(self, event: Transition) -> None:
         elapsed = time.monotonic() - self.started
         detail = ""
-        if event.state == "submitting":
+        if event.state == IntentState.SUBMITTING:
             detail = f"attempt {(event.attempt or 0) + 1}, operation {event.operation_id}"
-        elif event.state in ("succeeded", "failed", "stalled") and event.duration is not None:
+        elif event.duration is not None:  # an operation's end: succeeded, failed, timed out
             detail = f"after {event.duration:.1f}s"
         if event.error:
             detail += f" - {event.error.get('title')}: {event.error.get('detail')}"
-        if event.reason and event.state in ("failed", "stalled", "orphaned", "superseded"):
+        if event.reason and event.state in EXPLAINED:
             detail += f" ({event.reason})"
         print(f"{elapsed:6.1f}s  {event.name:<26} {event.state:<10} {detail}".rstrip(),
               file=self.out, flush=True)
@@ -80,8 +89,8 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
               file=out)
         print(f"Manifests: {manifests}   State: {state}\n", file=out, flush=True)
         settings = DaemonSettings(
-            manifests=manifests, api_url=emulator.url, state=state, interval=30.0,
-            listen=_free_listen(args.listen), once=True, rate_limit=None,
+            manifests=manifests, client=ClientSettings(base_url=emulator.url), state=state,
+            interval=30.0, listen=_free_listen(args.listen), once=True,
         )
 
         def listening(url: str) -> None:
@@ -91,9 +100,8 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
         daemon = Daemon(settings, listeners=[progress], on_listening=listening)
         code = asyncio.run(daemon.run())
         elapsed = time.monotonic() - progress.started
-        views = {v.name: v for v in daemon.plan.views} if daemon.plan else None
         with Store(state) as store:
-            rows = status_rows(store.latest_by_name(), views)
+            rows = status_rows(store.latest_by_name(), daemon.plan.views if daemon.plan else None)
         if daemon.stopped:
             print(f"\nInterrupted after {elapsed:.1f}s:\n", file=out)
             print(status_table(rows), file=out, flush=True)
@@ -104,6 +112,6 @@ def run_demo(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
             return code
         print("\nStill reconciling; metrics and status stay served. Ctrl-C to stop.",
               file=out, flush=True)
-        forever = DaemonSettings(**{**settings.__dict__, "once": False})
+        forever = dataclasses.replace(settings, once=False)
         asyncio.run(Daemon(forever, listeners=[progress], on_listening=listening).run())
     return 0

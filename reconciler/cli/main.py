@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from reconciler import __version__
 from reconciler.ailake.client import AiLakeClient, ClientSettings
@@ -21,13 +21,14 @@ from reconciler.cli.render import (
     history_rows,
     plan_document,
     plan_text,
-    status_rows,
+    status_json,
     status_table,
 )
 from reconciler.errors import ReconcilerError
-from reconciler.execution.engine import utcnow
+from reconciler.execution.engine import Engine, EngineSettings, retry, utcnow
 from reconciler.model.durations import parse_duration
 from reconciler.observe import logs
+from reconciler.observe.status import status_rows
 from reconciler.planning.planner import Limits, Plan, plan
 from reconciler.runtime.daemon import Daemon, DaemonSettings, read_secret
 from reconciler.source.loader import load_manifests
@@ -123,35 +124,39 @@ def _token(args: argparse.Namespace) -> str | None:
     return read_secret(os.environ.get("RECONCILER_API_TOKEN"), args.token_file, "API token")
 
 
-def _settings(args: argparse.Namespace, **overrides: Any) -> DaemonSettings:
-    values: dict[str, Any] = {
-        "manifests": Path(args.manifests),
-        "api_url": args.api_url,
-        "state": args.state,
-        "interval": args.interval,
-        "listen": args.listen or None,
-        "once": args.once,
-        "token": _token(args),
-        "webhook_secret": read_secret(os.environ.get("RECONCILER_WEBHOOK_SECRET"),
-                                      args.webhook_secret_file, "webhook secret"),
-        "ca_file": args.ca_file,
-        "rate_limit": args.rate_limit or None,
-        "max_in_flight": args.max_in_flight,
-        "max_per_service": args.max_per_service,
-        "grace_period": args.grace_period,
-        "retention": args.retention,
-        "request_timeout": args.request_timeout,
-    }
-    values.update(overrides)
-    return DaemonSettings(**values)
+def _client_settings(args: argparse.Namespace) -> ClientSettings:
+    """The API client of ``run``: URL, token, CA, rate limit and request timeout."""
+    return ClientSettings(base_url=args.api_url, token=_token(args), ca_file=args.ca_file,
+                          rate_limit=args.rate_limit or None, timeout=args.request_timeout)
+
+
+def _engine_settings(args: argparse.Namespace) -> EngineSettings:
+    """The engine of ``run``: in-flight limits; a 404 trusted one request timeout after."""
+    return EngineSettings(limits=Limits(args.max_in_flight, args.max_per_service),
+                          settle=args.request_timeout)
+
+
+def _settings(args: argparse.Namespace) -> DaemonSettings:
+    """Everything ``run`` is configured with, from its flags (each built once)."""
+    return DaemonSettings(
+        manifests=Path(args.manifests),
+        client=_client_settings(args),
+        engine=_engine_settings(args),
+        state=args.state,
+        interval=args.interval,
+        listen=args.listen or None,
+        once=args.once,
+        webhook_secret=read_secret(os.environ.get("RECONCILER_WEBHOOK_SECRET"),
+                                   args.webhook_secret_file, "webhook secret"),
+        grace_period=args.grace_period,
+        retention=args.retention,
+    )
 
 
 def _configure_logs(args: argparse.Namespace, settings: DaemonSettings | None = None,
                     *, level: str | None = None, stream: TextIO | None = None) -> None:
-    secrets = [s for s in ((settings.token, settings.webhook_secret) if settings else ())
-               if s]
-    logs.configure(level=level or args.log_level, fmt=args.log_format, secrets=secrets,
-                   stream=stream)
+    logs.configure(level=level or args.log_level, fmt=args.log_format,
+                   secrets=settings.secrets if settings else (), stream=stream)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -171,9 +176,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     with _open_store_for_reading(args.state) as store:
         current = plan(load.commands, store.intents(), utcnow(),
                        limits=Limits(args.max_in_flight, args.max_per_service))
-    adopt: dict[str, str] = {}
-    if args.api_url:
-        adopt = asyncio.run(_probe_new(args, current))
+        adopt = asyncio.run(_adoptable(args, current, store)) if args.api_url else {}
     problems = [str(p) for p in load.problems]
     if args.output == "json":
         print(json.dumps(plan_document(current, revision=load.revision, problems=problems,
@@ -187,18 +190,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return EXIT_CHANGES if current.changes else EXIT_OK
 
 
-async def _probe_new(args: argparse.Namespace, current: Plan) -> dict[str, str]:
-    """Read-only API lookups: which planned submissions already exist on the server
-    (a lost state store), so the plan says 'adopt' instead of 'submit'."""
+async def _adoptable(args: argparse.Namespace, current: Plan, store: Store) -> dict[str, str]:
+    """Which planned submissions already exist on the server (a lost state store), so the
+    plan says 'adopt' instead of 'submit': the engine's own probe, run against a scratch
+    copy of the store, so nothing is written."""
     settings = ClientSettings(base_url=args.api_url, token=_token(args), ca_file=args.ca_file)
-    found: dict[str, str] = {}
-    async with AiLakeClient(settings) as client:
-        for action in current.actions:
-            if action.kind == "submit" and action.operation_id:
-                op = await client.get_operation(action.operation_id)
-                if op is not None:
-                    found[action.spec_hash] = op.status
-    return found
+    wants = [current.desired[a.name] for a in current.actions if a.kind == "submit"]
+    with store.snapshot() as scratch:
+        async with AiLakeClient(settings) as client:
+            return await Engine(client, scratch).adopt(wants)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -207,11 +207,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
         views = None
         if args.manifests:
             load = load_manifests(args.manifests)
-            views = {v.name: v for v in plan(load.commands, store.intents(), utcnow()).views}
+            views = plan(load.commands, store.intents(), utcnow()).views
     rows = status_rows(latest, views)
     if args.output == "json":
-        print(json.dumps([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows],
-                         indent=2))
+        print(json.dumps(status_json(rows), indent=2))
     elif not rows:
         print(f"No intents recorded in {args.state}.")
     else:
@@ -244,7 +243,7 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         print(f"reconciler: no state store at {args.state}", file=sys.stderr)
         return EXIT_FAILED
     with Store(args.state) as store:
-        changed = store.retry(args.name, now=utcnow())
+        changed = retry(store, args.name, now=utcnow())
     if not changed:
         print(f"reconciler: {args.name!r} has no failed or stalled intent to retry",
               file=sys.stderr)
@@ -260,6 +259,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+_SubParsers = argparse._SubParsersAction  # the type of add_subparsers()'s result
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole CLI; sub-commands register their own flags."""
     parser = argparse.ArgumentParser(
@@ -271,7 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in (_register_run, _register_plan, _register_validate, _register_status,
+                     _register_history, _register_retry, _register_emulator,
+                     _register_demo):
+        register(sub)
+    return parser
 
+
+def _register_run(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     run = sub.add_parser(
         "run", help="the daemon: reconcile continuously (or --once)",
         description="Reconcile the manifests against the AI Lake API: submit every missing "
@@ -292,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_logging(run)
     run.set_defaults(func=_cmd_run)
 
+
+def _register_plan(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     plan_p = sub.add_parser(
         "plan", help="show what run would do now, changing nothing",
         description="Compare the manifests with the state store and print what 'run' would "
@@ -311,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(plan_p)
     plan_p.set_defaults(func=_cmd_plan)
 
+
+def _register_validate(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     validate = sub.add_parser(
         "validate",
         help="check manifests offline (schema and semantic rules)",
@@ -328,6 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text: one line per problem; json: a document for machines")
     validate.set_defaults(func=_cmd_validate)
 
+
+def _register_status(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     status = sub.add_parser(
         "status", help="a table of every manifest and its last operation",
         description="Print every manifest recorded in the state store with its state, "
@@ -339,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(status)
     status.set_defaults(func=_cmd_status)
 
+
+def _register_history(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     history = sub.add_parser(
         "history", help="every operation of one manifest",
         description="Print every operation (attempt) ever sent for one manifest, oldest "
@@ -349,18 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_output(history)
     history.set_defaults(func=_cmd_history)
 
-    retry = sub.add_parser(
+
+def _register_retry(sub: _SubParsers[argparse.ArgumentParser]) -> None:
+    retry_p = sub.add_parser(
         "retry", help="retry a stalled or failed manifest without a commit",
         description="Give a stalled (retries exhausted, timed out, refused) or failed "
         "manifest a fresh retry budget and deadline, due now. The daemon picks it up on its "
         "next pass. To re-run a command that succeeded, change its 'rerun' field instead.",
         epilog="exit status: 0 scheduled, 1 nothing to retry", formatter_class=_Formatter)
-    retry.add_argument("name", help="metadata.name of the manifest")
-    _add_state(retry)
-    retry.set_defaults(func=_cmd_retry)
+    retry_p.add_argument("name", help="metadata.name of the manifest")
+    _add_state(retry_p)
+    retry_p.set_defaults(func=_cmd_retry)
 
-    _register_emulator(sub)
 
+def _register_demo(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     demo = sub.add_parser(
         "demo", help="the emulator plus the daemon on the sample manifests",
         description="Start the local AI Lake emulator with its bundled config, run the "
@@ -379,7 +398,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="exit once everything converged, with run --once's status")
     _add_logging(demo)
     demo.set_defaults(func=_cmd_demo, log_level="error")
-    return parser
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -417,7 +435,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
                    help="finished intents kept per manifest as history (env RECONCILER_RETENTION)")
 
 
-def _register_emulator(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _register_emulator(sub: _SubParsers[argparse.ArgumentParser]) -> None:
     from reconciler.ailake.emulator import cli as emulator_cli
 
     emulator = sub.add_parser(

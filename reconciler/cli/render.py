@@ -1,6 +1,8 @@
 """Human-readable renderings: the plan (terraform style), status and history tables.
 
-Pure functions from records to text, shared by the CLI and the demo.
+Pure functions from records to text, shared by the CLI and the demo. The status rows
+themselves are built by :func:`reconciler.observe.status.status_rows` (as for ``/status``);
+here they are only rendered.
 """
 
 from __future__ import annotations
@@ -10,17 +12,22 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from reconciler.model.lifecycle import IntentState
 from reconciler.model.records import IntentRecord, OperationRecord
-from reconciler.planning.planner import Action, Plan, View
+from reconciler.observe.status import StatusRow
+from reconciler.planning.planner import Action, Plan
 
 __all__ = [
     "history_rows",
     "plan_document",
     "plan_text",
-    "status_rows",
+    "status_json",
     "status_table",
     "table",
 ]
+
+#: plan summary: how many manifests stand in these states, when any does
+SUMMARY_STATES = (IntentState.SUSPENDED, IntentState.STALLED, IntentState.FAILED)
 
 SYMBOLS = {
     "submit": "+", "retry": "~", "resolve": "?", "adopt": "<", "timeout": "!",
@@ -82,8 +89,9 @@ def plan_text(plan: Plan, *, revision: str, invalid: int,
             lines.append(f"  . {action.kind:<16} {action.name}: {action.reason}{at}")
     counts = Counter(("adopt" if a.spec_hash in adopt else a.kind) for a in changes)
     states = Counter(v.state for v in plan.views)
-    standing = f"{states['in_sync']} in sync, {len(polls)} in flight, {len(waiting)} waiting"
-    for state in ("suspended", "stalled", "failed"):
+    standing = (f"{states[IntentState.IN_SYNC]} in sync, {len(polls)} in flight, "
+                f"{len(waiting)} waiting")
+    for state in SUMMARY_STATES:
         if states[state]:
             standing += f", {states[state]} {state}"
     lines.append("")
@@ -117,45 +125,30 @@ def plan_document(plan: Plan, *, revision: str, problems: Sequence[str],
     }
 
 
-def status_rows(latest: Mapping[str, IntentRecord],
-                views: Mapping[str, View] | None = None) -> list[dict[str, Any]]:
-    """One row per manifest: the recorded state, or the planner's view when known."""
-    views = views or {}
-    rows = []
-    for name in sorted(set(latest) | set(views)):
-        rec, view = latest.get(name), views.get(name)
-        current = rec if rec is not None and (view is None or view.spec_hash == rec.spec_hash) \
-            else None
-        state: str
-        if view is not None:
-            state = view.state
-        elif rec is not None:
-            state = rec.retired or rec.status
-        else:
-            state = "unknown"
-        rows.append({
-            "name": name,
-            "service": rec.service if rec else "",
-            "command": rec.command if rec else "",
-            "state": state,
-            "reason": view.reason if view else "",
-            "attempts": current.attempts if current else 0,
-            "operationId": current.operation_id if current else None,
-            "window": current.window if current else "",
-            "lastChange": current.updated_at.isoformat() if current else None,
-            "error": dict(current.last_error) if current and current.last_error else None,
-            "_updated": current.updated_at if current else None,
-        })
-    return rows
+def status_json(rows: Sequence[StatusRow]) -> list[dict[str, Any]]:
+    """``reconciler status --output json``: one object per row."""
+    return [{
+        "name": r.name,
+        "service": r.service or "",
+        "command": r.command or "",
+        "state": r.state,
+        "reason": r.reason,
+        "attempts": r.attempts,
+        "operationId": r.operation_id,
+        "window": r.window or "",
+        "lastChange": r.updated_at.isoformat() if r.updated_at else None,
+        "error": dict(r.error) if r.error else None,
+    } for r in rows]
 
 
-def status_table(rows: Sequence[Mapping[str, Any]]) -> str:
+def status_table(rows: Sequence[StatusRow]) -> str:
+    """``reconciler status`` (and the demo): the rows as a table."""
     return table(
         ("NAME", "SERVICE", "COMMAND", "STATE", "ATTEMPTS", "LAST OPERATION", "LAST CHANGE",
          "ERROR"),
-        [(r["name"], r["service"], r["command"], r["state"], str(r["attempts"]),
-          _short(r["operationId"]), _when(r["_updated"]),
-          _error(r["error"]) or (r["reason"] if r["state"] not in ("in_sync",) else ""))
+        [(r.name, r.service or "", r.command or "", r.state, str(r.attempts),
+          _short(r.operation_id), _when(r.updated_at),
+          _error(r.error) or (r.reason if r.state != IntentState.IN_SYNC else ""))
          for r in rows],
     )
 

@@ -8,12 +8,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
-__all__ = ["IN_FLIGHT", "IntentRecord", "IntentStatus", "NewIntent", "OperationRecord"]
+from reconciler.model.states import IN_FLIGHT, IntentState, OperationStatus
 
-IntentStatus = Literal["submitting", "pending", "succeeded", "failed", "stalled"]
-IN_FLIGHT: frozenset[str] = frozenset({"submitting", "pending"})
+__all__ = ["IntentRecord", "NewIntent", "OperationRecord"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,7 @@ class IntentRecord:
     command: str
     window: str
     canonical: str
-    status: IntentStatus
+    status: IntentState
     attempts: int
     retry_base: int
     operation_id: str | None
@@ -76,7 +75,7 @@ class OperationRecord:
     service_id: str | None
     submitted_at: datetime
     finished_at: datetime | None
-    status: str
+    status: OperationStatus
     error: Mapping[str, Any] | None
     result: Mapping[str, Any] | None
     revision: str

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from reconciler import __version__
 from reconciler.ailake.client import RequestRecord
 from reconciler.execution.engine import Transition
+from reconciler.model.lifecycle import SETTLED_BAD, IntentState, OperationStatus
 from reconciler.planning.planner import Plan
 from reconciler.store.sqlite import Store
 
@@ -30,9 +31,14 @@ __all__ = ["INTENT_STATES", "PREFIX", "Metrics", "StoreCollector"]
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 PREFIX = "ailake_reconciler_"
-INTENT_STATES = ("in_sync", "waiting", "submitting", "pending", "failed", "stalled",
-                 "suspended", "orphaned")
-OUTCOMES = ("succeeded", "failed", "timed_out")
+#: every state of the ``intents`` gauge, in the order its series are created
+INTENT_STATES: tuple[IntentState, ...] = (
+    IntentState.IN_SYNC, IntentState.WAITING, IntentState.SUBMITTING, IntentState.PENDING,
+    IntentState.FAILED, IntentState.STALLED, IntentState.SUSPENDED, IntentState.ORPHANED,
+)
+OUTCOMES: tuple[OperationStatus, ...] = (
+    OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.TIMED_OUT,
+)
 ENDPOINTS = {
     ("/api/v1/ailake/services", "GET"): ("200",),
     ("/api/v1/ailake/services/{serviceId}/status", "GET"): ("200",),
@@ -84,34 +90,39 @@ class StoreCollector(Collector):
         )
         known = self.metrics.known
         if known:
-            latest: dict[str, str] = {}
-            stamp: dict[str, float] = {}
-            order: dict[str, float] = {}
-            for rec in self.store.intents(include_retired=True).values():
-                if rec.name not in known:
-                    continue
-                if rec.succeeded_at is not None:
-                    stamp[rec.name] = max(stamp.get(rec.name, 0.0),
-                                          rec.succeeded_at.timestamp())
-                if rec.retired is None and rec.updated_at.timestamp() >= order.get(
-                        rec.name, float("-inf")):
-                    order[rec.name] = rec.updated_at.timestamp()
-                    # A retry in flight does not clear the failure: the alert stays up
-                    # until an attempt succeeds, instead of flapping with every retry.
-                    retrying = rec.in_flight and rec.attempts > 1
-                    latest[rec.name] = "retrying" if retrying else rec.status
+            flags, stamp = self._read(known)
             for name in sorted(known):
                 k = known[name]
-                state = latest.get(name)
-                bad = state in ("failed", "retrying", "stalled")
-                failed.add_metric([name, k.service, k.command], 1.0 if bad else 0.0)
-                stalled.add_metric([name, k.service, k.command],
-                                   1.0 if state == "stalled" else 0.0)
+                is_failed, is_stalled = flags.get(name, (False, False))
+                failed.add_metric([name, k.service, k.command], 1.0 if is_failed else 0.0)
+                stalled.add_metric([name, k.service, k.command], 1.0 if is_stalled else 0.0)
                 if name in stamp:
                     last_success.add_metric([name], stamp[name])
         yield failed
         yield stalled
         yield last_success
+
+    def _read(self, known: Mapping[str, _Known],
+              ) -> tuple[dict[str, tuple[bool, bool]], dict[str, float]]:
+        """One store read: (failed, stalled) of every known name's current intent, and
+        the Unix time of its last success (any spec or window)."""
+        flags: dict[str, tuple[bool, bool]] = {}
+        stamp: dict[str, float] = {}
+        order: dict[str, float] = {}
+        for rec in self.store.intents(include_retired=True).values():
+            if rec.name not in known:
+                continue
+            if rec.succeeded_at is not None:
+                stamp[rec.name] = max(stamp.get(rec.name, 0.0), rec.succeeded_at.timestamp())
+            if rec.retired is None and rec.updated_at.timestamp() >= order.get(
+                    rec.name, float("-inf")):
+                order[rec.name] = rec.updated_at.timestamp()
+                # A retry in flight does not clear the failure: the alert stays up
+                # until an attempt succeeds, instead of flapping with every retry.
+                retrying = rec.in_flight and rec.attempts > 1
+                flags[rec.name] = (retrying or rec.status in SETTLED_BAD,
+                                   rec.status == IntentState.STALLED)
+        return flags, stamp
 
 
 class Metrics:
@@ -161,6 +172,13 @@ class Metrics:
         self.build_info = Gauge(
             PREFIX + "build_info", "Version of the running reconciler.", ["version"],
             registry=r)
+        self._preinit()
+        self._revision: str | None = None
+        if store is not None:
+            r.register(StoreCollector(store, self))
+
+    def _preinit(self) -> None:
+        """Every series known in advance, at zero (so ``increase()`` sees the first one)."""
         self.build_info.labels(version=__version__).set(1)
         for result in ("success", "error"):
             self.reconciles.labels(result=result)
@@ -170,9 +188,6 @@ class Metrics:
             self.api_duration.labels(endpoint=endpoint)
             for code in (*codes, *PREINIT_CODES):
                 self.api_requests.labels(endpoint=endpoint, method=method, code=code)
-        self._revision: str | None = None
-        if store is not None:
-            r.register(StoreCollector(store, self))
 
     # ------------------------------------------------------------------ feeds
 
@@ -215,10 +230,10 @@ class Metrics:
         if ok:
             self.last_success.set(now if now is not None else time.time())
         if plan is not None:
-            counts = dict.fromkeys(INTENT_STATES, 0)
+            counts: dict[str, int] = dict.fromkeys(INTENT_STATES, 0)
             for view in plan.views:
                 counts[view.state] += 1
-            counts["orphaned"] = max(counts["orphaned"], orphaned)
+            counts[IntentState.ORPHANED] = max(counts[IntentState.ORPHANED], orphaned)
             for state, count in counts.items():
                 self.intents.labels(state=state).set(count)
 

@@ -1,10 +1,14 @@
-"""The daemon: the reconcile loop, its triggers, its HTTP listener and its signals.
+"""The daemon: the reconcile loop, its triggers, its signals and the leadership hand-off.
 
 One loop: load manifests (when their files changed, on SIGHUP, on the webhook, or every
 interval), plan and execute (:class:`~reconciler.execution.engine.Engine`), update metrics, then
 sleep until the earliest of: the next poll or retry due, the next schedule window, the
 interval (with jitter), or a trigger. SIGTERM/SIGINT stop submitting, let the current
 pass record what it started (within the grace period), and exit.
+
+Its settings are in :mod:`~reconciler.runtime.settings`, its HTTP listener in
+:mod:`~reconciler.runtime.listener`, the health rules in :mod:`~reconciler.runtime.readiness`,
+the rows of ``/status`` in :mod:`reconciler.observe.status`.
 """
 
 from __future__ import annotations
@@ -13,28 +17,26 @@ import asyncio
 import contextlib
 import random
 import signal
-import socket
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import structlog
-import uvicorn
 
-from reconciler import __version__
-from reconciler.ailake.client import AiLakeClient, ClientSettings
-from reconciler.errors import ApiError, ConfigError, ReconcilerError
-from reconciler.execution.engine import Engine, EngineSettings, Transition, utcnow
-from reconciler.listen import bind_socket, parse_listen
+from reconciler.ailake.client import AiLakeClient
+from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.execution.engine import Engine, Transition, utcnow
+from reconciler.model.lifecycle import SETTLED_BAD
 from reconciler.model.manifest import LoadResult
 from reconciler.observe.metrics import Metrics
-from reconciler.planning.planner import Limits, Plan, View
+from reconciler.observe.status import status_document, status_rows
+from reconciler.planning.planner import Plan
 from reconciler.runtime.leader import LeaderElector, LeaseSettings
-from reconciler.runtime.listener import Surface, create_app
+from reconciler.runtime.listener import Listening, Surface, create_app, serve
+from reconciler.runtime.readiness import ApiProbe, liveness
+from reconciler.runtime.settings import DaemonSettings, read_secret
 from reconciler.source.loader import load_manifests
 from reconciler.source.watcher import SourceWatcher
 from reconciler.store.sqlite import Store
@@ -43,49 +45,10 @@ __all__ = ["Daemon", "DaemonSettings", "log_transition", "read_secret"]
 
 log = structlog.get_logger("reconciler.runtime.daemon")
 
-SETTLED_FAILED = ("failed", "stalled")
 #: seconds between passes that have due work but made no progress (API failing)
 MIN_RETRY_SLEEP = 1.0
 #: consecutive failed passes without any progress after which ``--once`` gives up
 ONCE_MAX_FAILING_PASSES = 5
-#: seconds /readyz may spend checking the API (the chart's probe times out after 3 s)
-READY_TIMEOUT = 2.5
-
-
-@dataclass(frozen=True)
-class DaemonSettings:
-    """Everything ``reconciler run`` is configured with. Secrets never show in repr."""
-
-    manifests: Path
-    api_url: str
-    state: str = "./reconciler-state.db"
-    interval: float = 60.0
-    listen: str | None = "0.0.0.0:8080"
-    once: bool = False
-    token: str | None = field(default=None, repr=False)
-    webhook_secret: str | None = field(default=None, repr=False)
-    ca_file: str | None = None
-    rate_limit: float | None = 10.0
-    max_in_flight: int = 16
-    max_per_service: int = 4
-    grace_period: float = 25.0
-    retention: int = 50
-    watch_period: float = 2.0
-    poll_initial: float = 1.0
-    poll_max: float = 30.0
-    request_timeout: float = 30.0
-    #: retries of a GET inside one call (capped exponential backoff, full jitter)
-    api_retries: int = 5
-
-    def client_settings(self) -> ClientSettings:
-        return ClientSettings(base_url=self.api_url, token=self.token, ca_file=self.ca_file,
-                              rate_limit=self.rate_limit, timeout=self.request_timeout,
-                              get_retries=self.api_retries)
-
-    def engine_settings(self) -> EngineSettings:
-        return EngineSettings(limits=Limits(self.max_in_flight, self.max_per_service),
-                              poll_initial=self.poll_initial, poll_max=self.poll_max,
-                              settle=self.request_timeout)
 
 
 def log_transition(event: Transition) -> None:
@@ -105,16 +68,8 @@ def log_transition(event: Transition) -> None:
         fields["trace_id"] = event.error.get("traceId")
     if event.reason:
         fields["reason"] = event.reason
-    level = "warning" if event.state in SETTLED_FAILED else "info"
+    level = "warning" if event.state in SETTLED_BAD else "info"
     getattr(log, level)("transition", **fields)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT/SIGHUP."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 class Daemon:
@@ -144,7 +99,7 @@ class Daemon:
         self._stopping = False
         self._reasons: list[str] = []
         self._heartbeat = time.monotonic()
-        self._api_ok: tuple[float, bool, str] | None = None
+        self._api = ApiProbe()
         self._source = SourceWatcher(settings.manifests)
         self._transitions = 0
         self._transitions_seen = 0
@@ -174,66 +129,24 @@ class Daemon:
     # ------------------------------------------------------------------ surface
 
     def healthy(self) -> tuple[bool, str]:
-        stuck_after = 3 * max(self.settings.interval, self.settings.grace_period, 10.0)
-        age = time.monotonic() - self._heartbeat
-        if age > stuck_after:
-            return False, f"reconcile loop silent for {age:.0f}s (limit {stuck_after:.0f}s)"
-        return True, f"loop alive ({age:.0f}s since last pass)"
+        """``/healthz``: the loop came round recently."""
+        return liveness(time.monotonic() - self._heartbeat, interval=self.settings.interval,
+                        grace_period=self.settings.grace_period)
 
     async def ready(self) -> tuple[bool, str]:
+        """``/readyz``: the manifests were loaded once and the API answers."""
         if self.load is None:
             return False, "manifests not loaded yet"
-        checked = self._api_ok
-        if checked is None or time.monotonic() - checked[0] > 30.0:
-            await self._check_api()
-            checked = self._api_ok
-        assert checked is not None
-        return checked[1], checked[2]
-
-    async def _check_api(self) -> None:
         assert self.client is not None
-        try:
-            # One page (page_size=1 paged through every service, one request each) and
-            # bounded below the probe's timeout: a failing API makes the daemon unready
-            # instead of hanging /readyz through the client's retries.
-            await asyncio.wait_for(self.client.list_services(page_size=500), READY_TIMEOUT)
-        except TimeoutError:
-            self._api_ok = (time.monotonic(), False,
-                            f"AI Lake API did not answer within {READY_TIMEOUT:g}s")
-        except ApiError as exc:
-            self._api_ok = (time.monotonic(), False, f"AI Lake API not usable: {exc}")
-        else:
-            self._api_ok = (time.monotonic(), True, "manifests loaded, API reachable")
+        return await self._api.check(self.client)
 
     def status_document(self) -> dict[str, Any]:
         """``/status``: every manifest with its state, attempts and last operation."""
-        records = self.store.latest_by_name() if self.store else {}
-        views: Mapping[str, View] = {v.name: v for v in (self.plan.views if self.plan else ())}
-        items = []
-        for name in sorted(set(views) | set(records)):
-            view, rec = views.get(name), records.get(name)
-            current = rec if rec and view and rec.spec_hash == view.spec_hash else None
-            items.append({
-                "name": name,
-                "state": view.state if view else ("orphaned" if rec else "unknown"),
-                "reason": view.reason if view else "",
-                "service": rec.service if rec else None,
-                "command": rec.command if rec else None,
-                "specHash": view.spec_hash if view else (rec.spec_hash if rec else None),
-                "attempts": current.attempts if current else 0,
-                "operationId": current.operation_id if current else None,
-                "window": current.window if current else None,
-                "error": dict(current.last_error) if current and current.last_error else None,
-                "revision": current.revision if current else None,
-                "updatedAt": current.updated_at.isoformat() if current else None,
-            })
+        latest = self.store.latest_by_name() if self.store else {}
+        rows = status_rows(latest, self.plan.views if self.plan else None)
         load = self.load
-        return {
-            "version": __version__,
-            "revision": load.revision if load else None,
-            "invalidManifests": [str(p) for p in load.problems] if load else [],
-            "intents": items,
-        }
+        return status_document(rows, revision=load.revision if load else None,
+                               problems=load.problems if load else ())
 
     # ------------------------------------------------------------------ the loop
 
@@ -248,33 +161,36 @@ class Daemon:
         if lease is not None:
             self.elector = LeaderElector(lease, on_change=self._leadership)
         self.metrics.leader.set(0 if self.elector else 1)
-        async with AiLakeClient(s.client_settings(), transport=self.transport,
+        async with AiLakeClient(s.client, transport=self.transport,
                                 observer=self.metrics.observe_request) as client:
             self.client = client
-            engine = Engine(client, self.store, settings=s.engine_settings(),
-                            clock=self.clock,
+            engine = Engine(client, self.store, settings=s.engine, clock=self.clock,
                             listeners=[log_transition, self.metrics.on_transition,
                                        self._count, *self.extra_listeners])
-            server = await self._serve()
-            self._install_signals()
-            watcher = asyncio.create_task(self._watch())
-            election = asyncio.create_task(self.elector.run()) if self.elector else None
-            try:
-                await self._loop(engine)
-            finally:
-                watcher.cancel()
-                if self.elector is not None and election is not None:
-                    await self.elector.release()  # after the last pass recorded; run() returns
-                    election.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await election
-                self._remove_signals()
-                if server is not None:
-                    server.should_exit = True
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(server.shutdown(), 5)
-                self.store.close()
+            await self._run_engine(engine)
         return self.exit_code
+
+    async def _run_engine(self, engine: Engine) -> None:
+        """The loop with its edges: listener, signals, file watcher, leader election;
+        torn down in order once the loop returned (the lease after the last record)."""
+        assert self.store is not None
+        listening = await self._serve()
+        self._install_signals()
+        watcher = asyncio.create_task(self._watch())
+        election = asyncio.create_task(self.elector.run()) if self.elector else None
+        try:
+            await self._loop(engine)
+        finally:
+            watcher.cancel()
+            if self.elector is not None and election is not None:
+                await self.elector.release()  # after the last pass recorded; run() returns
+                election.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await election
+            self._remove_signals()
+            if listening is not None:
+                await listening.close()
+            self.store.close()
 
     async def _loop(self, engine: Engine) -> None:
         s = self.settings
@@ -295,19 +211,24 @@ class Daemon:
                 await self._sleep(next_load - time.monotonic())
                 continue
             await self._pass(engine, self.load)
-            if self._stopping:
-                return
-            if s.once and self._settled():
-                self.exit_code = self._once_exit_code()
-                log.info("converged", exit_code=self.exit_code)
-                return
-            if s.once and self._failing_passes >= ONCE_MAX_FAILING_PASSES:
-                self.exit_code = 1
-                log.error("giving_up", passes=self._failing_passes,
-                          reason="the AI Lake API failed on every pass without progress; "
-                          "--once stops instead of waiting forever")
+            if self._stopping or (s.once and self._once_done()):
                 return
             await self._sleep(min(next_load - time.monotonic(), self._until_wake()))
+
+    def _once_done(self) -> bool:
+        """``--once``: whether to exit now (settled, or the API keeps failing), with
+        :attr:`exit_code` set."""
+        if self._settled():
+            self.exit_code = self._once_exit_code()
+            log.info("converged", exit_code=self.exit_code)
+            return True
+        if self._failing_passes >= ONCE_MAX_FAILING_PASSES:
+            self.exit_code = 1
+            log.error("giving_up", passes=self._failing_passes,
+                      reason="the AI Lake API failed on every pass without progress; "
+                      "--once stops instead of waiting forever")
+            return True
+        return False
 
     def _load(self, reasons: Sequence[str]) -> None:
         assert self.metrics is not None and self.store is not None
@@ -426,40 +347,26 @@ class Daemon:
 
     def _once_exit_code(self) -> int:
         assert self.plan is not None and self.load is not None
-        bad = any(v.state in SETTLED_FAILED for v in self.plan.views)
+        bad = any(v.state in SETTLED_BAD for v in self.plan.views)
         return 1 if bad or self.load.problems else 0
 
     # ------------------------------------------------------------------ edges
 
-    async def _serve(self) -> uvicorn.Server | None:
+    async def _serve(self) -> Listening | None:
         if self.settings.listen is None:
             return None
         assert self.metrics is not None
-        metrics = self.metrics
-        host, port = parse_listen(self.settings.listen)
         app = create_app(
-            Surface(metrics=metrics.exposition, healthy=self.healthy, ready=self.ready,
+            Surface(metrics=self.metrics.exposition, healthy=self.healthy, ready=self.ready,
                     status=self.status_document, trigger=self.trigger),
             webhook_secret=self.settings.webhook_secret,
         )
-        try:
-            sock = bind_socket(host, port)
-        except OSError as exc:
-            raise ConfigError(f"cannot listen on {self.settings.listen}: {exc.strerror}") from exc
-        sock.setblocking(False)
-        # log_config=None: uvicorn's records go through the root handler of logs.configure
-        # (JSON, scrubbed) instead of its own plain-text handler on stderr.
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                                log_config=None)
-        server = _Server(config)
-        asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
-        bound = sock.getsockname()
-        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
-        self.url = f"http://{shown}:{bound[1]}"
+        listening = await serve(app, self.settings.listen)
+        self.url = listening.url
         log.info("listening", url=self.url, webhook=self.settings.webhook_secret is not None)
         if self.on_listening is not None:
             self.on_listening(self.url)
-        return server
+        return listening
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
@@ -473,16 +380,3 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(sig)
-
-
-def read_secret(value: str | None, file: str | None, what: str) -> str | None:
-    """A secret from a file (a mounted Secret; surrounding whitespace dropped) or a value."""
-    if file:
-        try:
-            text = Path(file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the {what} file {file}: {exc.strerror}") from exc
-        if not text:
-            raise ConfigError(f"the {what} file {file} is empty")
-        return text
-    return value or None

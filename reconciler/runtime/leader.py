@@ -38,7 +38,15 @@ from typing import Any
 import httpx
 import structlog
 
-from reconciler.errors import ApiError, ConfigError, PermanentError, TemporaryError
+from reconciler.errors import (
+    ApiError,
+    ConfigError,
+    CredentialsError,
+    OutcomeKind,
+    PermanentError,
+    TemporaryError,
+    classify_status,
+)
 
 __all__ = [
     "LeaderElector",
@@ -168,6 +176,17 @@ class _TokenFileAuth(httpx.Auth):
             return ""
 
 
+#: The Lease API's answers, by the kind :func:`classify_status` gives them. An unknown
+#: outcome (a create POST's 5xx) is only temporary here: the next round reads the Lease
+#: again, which is how the elector learns whether the write happened.
+_LEASE_ERRORS: dict[OutcomeKind, type[ApiError]] = {
+    OutcomeKind.TERMINAL: PermanentError,
+    OutcomeKind.CREDENTIALS: CredentialsError,
+    OutcomeKind.TRANSIENT: TemporaryError,
+    OutcomeKind.UNKNOWN: TemporaryError,
+}
+
+
 def _api_error(response: httpx.Response, method: str, path: str) -> ApiError:
     """A non-2xx answer, classified; the message carries the API's Status message only."""
     detail: str | None = None
@@ -182,7 +201,7 @@ def _api_error(response: httpx.Response, method: str, path: str) -> ApiError:
     status = response.status_code
     message = f"{method} {path}: HTTP {status}" + (f" {reason}" if reason else "") + (
         f": {detail}" if detail else "")
-    kind = TemporaryError if status in (408, 429) or status >= 500 else PermanentError
+    kind = _LEASE_ERRORS[classify_status(status, method=method)]
     return kind(message, method=method, endpoint=path, status=status, title=reason,
                 detail=detail)
 

@@ -5,27 +5,37 @@
 ``/status`` (JSON of every manifest), ``POST /hooks/reconcile`` (a git push webhook,
 HMAC-SHA256 signed in ``X-Hub-Signature-256`` as GitHub does; disabled, 404, without a
 secret). The app only reads through :class:`Surface`; the daemon owns the state.
+:func:`serve` runs the app with uvicorn on the daemon's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import socket
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-__all__ = ["MAX_HOOK_BODY", "Surface", "create_app", "sign"]
+from reconciler.errors import ConfigError
+from reconciler.listen import bind_socket, parse_listen
+
+__all__ = ["MAX_HOOK_BODY", "Listening", "Surface", "create_app", "serve", "sign"]
 
 MAX_HOOK_BODY = 1024 * 1024
 _SEEN_DELIVERIES = 1024
+#: seconds the listener's shutdown may take
+SHUTDOWN_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,6 @@ def sign(body: bytes, secret: str) -> str:
 
 def create_app(surface: Surface, *, webhook_secret: str | None = None) -> Starlette:
     """The Starlette app serving the daemon's endpoints."""
-    deliveries: OrderedDict[str, None] = OrderedDict()
 
     async def metrics(_: Request) -> Response:
         return Response(surface.metrics(), media_type=CONTENT_TYPE_LATEST)
@@ -64,8 +73,22 @@ def create_app(surface: Surface, *, webhook_secret: str | None = None) -> Starle
     async def status(_: Request) -> Response:
         return JSONResponse(surface.status())
 
+    return Starlette(routes=[
+        Route("/metrics", metrics),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/status", status),
+        Route("/hooks/reconcile", _webhook(surface, webhook_secret), methods=["POST"]),
+    ])
+
+
+def _webhook(surface: Surface,
+             secret: str | None) -> Callable[[Request], Awaitable[Response]]:
+    """``POST /hooks/reconcile``: a signed push triggers a pass (each delivery once)."""
+    deliveries: OrderedDict[str, None] = OrderedDict()
+
     async def hook(request: Request) -> Response:
-        if webhook_secret is None:
+        if secret is None:
             return JSONResponse({"error": "webhook disabled: no secret configured"},
                                 status_code=404)
         body = b""
@@ -74,8 +97,7 @@ def create_app(surface: Surface, *, webhook_secret: str | None = None) -> Starle
             if len(body) > MAX_HOOK_BODY:
                 return JSONResponse({"error": "body too large"}, status_code=413)
         given = request.headers.get("x-hub-signature-256", "")
-        if not given or not hmac.compare_digest(given.encode(),
-                                                sign(body, webhook_secret).encode()):
+        if not given or not hmac.compare_digest(given.encode(), sign(body, secret).encode()):
             return JSONResponse({"error": "missing or invalid X-Hub-Signature-256"},
                                 status_code=401)
         delivery = request.headers.get("x-github-delivery")
@@ -88,10 +110,47 @@ def create_app(surface: Surface, *, webhook_secret: str | None = None) -> Starle
         surface.trigger("webhook")
         return JSONResponse({"status": "reconcile triggered"}, status_code=202)
 
-    return Starlette(routes=[
-        Route("/metrics", metrics),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        Route("/status", status),
-        Route("/hooks/reconcile", hook, methods=["POST"]),
-    ])
+    return hook
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the daemon owns SIGTERM/SIGINT/SIGHUP."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@dataclass
+class Listening:
+    """A running listener: its base URL, and how to stop it."""
+
+    url: str
+    server: uvicorn.Server
+    #: the serving task (held: the event loop keeps only a weak reference to tasks)
+    task: asyncio.Task[None]
+
+    async def close(self) -> None:
+        """Stop accepting, and give open connections :data:`SHUTDOWN_TIMEOUT` to end."""
+        self.server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.shutdown(), SHUTDOWN_TIMEOUT)
+
+
+async def serve(app: Starlette, listen: str) -> Listening:
+    """Serve ``app`` on ``listen`` (``HOST:PORT``; port 0: a free one) on the running loop."""
+    host, port = parse_listen(listen)
+    try:
+        sock = bind_socket(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from exc
+    sock.setblocking(False)
+    # log_config=None: uvicorn's records go through the root handler of logs.configure
+    # (JSON, scrubbed) instead of its own plain-text handler on stderr.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                            log_config=None)
+    server = _Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+    return Listening(f"http://{shown}:{bound[1]}", server, task)

@@ -20,15 +20,18 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from reconciler.errors import StoreError
-from reconciler.model.records import IntentRecord, NewIntent, OperationRecord
+from reconciler.model.lifecycle import OperationChange, Step
+from reconciler.model.records import IntentRecord, OperationRecord
+from reconciler.model.states import IntentState, OperationStatus
 
 __all__ = ["SCHEMA_VERSION", "Store"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 _MIGRATIONS: Sequence[str] = (
@@ -75,6 +78,33 @@ _MIGRATIONS: Sequence[str] = (
     CREATE INDEX operations_by_name ON operations(name, submitted_at);
     CREATE INDEX operations_by_intent ON operations(spec_hash, attempt);
     """,
+    # version 2: one operation row per (intent, attempt), whatever id the server gave it;
+    # the recorded success of an intent is named as everywhere else, in_sync
+    """
+    CREATE TABLE operations_v2 (
+        spec_hash     TEXT NOT NULL REFERENCES intents(spec_hash) ON DELETE CASCADE,
+        attempt       INTEGER NOT NULL,
+        operation_id  TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        service_id    TEXT,
+        submitted_at  REAL NOT NULL,
+        finished_at   REAL,
+        status        TEXT NOT NULL,
+        error         TEXT,
+        result        TEXT,
+        revision      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (spec_hash, attempt)
+    );
+    INSERT OR REPLACE INTO operations_v2 (spec_hash, attempt, operation_id, name, service_id,
+        submitted_at, finished_at, status, error, result, revision)
+        SELECT spec_hash, attempt, operation_id, name, service_id, submitted_at, finished_at,
+               status, error, result, revision FROM operations ORDER BY submitted_at;
+    DROP TABLE operations;
+    ALTER TABLE operations_v2 RENAME TO operations;
+    CREATE INDEX operations_by_name ON operations(name, submitted_at);
+    CREATE INDEX operations_by_id ON operations(operation_id);
+    UPDATE intents SET status = 'in_sync' WHERE status = 'succeeded';
+    """,
 )
 
 
@@ -111,9 +141,52 @@ def _from_row(cls: type[_Record], row: sqlite3.Row) -> _Record:
             values[f.name] = _dt(raw)
         elif f.name in _JSON_COLUMNS:
             values[f.name] = _unjson(raw)
+        elif f.name == "status":
+            values[f.name] = IntentState(raw) if cls is IntentRecord else OperationStatus(raw)
         else:
             values[f.name] = raw
     return cls(**values)
+
+
+def _to_row(record: IntentRecord | OperationRecord) -> dict[str, Any]:
+    """A record as column values: datetimes to epoch seconds, mappings to JSON."""
+    row: dict[str, Any] = {}
+    for f in fields(record):
+        value = getattr(record, f.name)
+        if f.name in _TIME_COLUMNS:
+            row[f.name] = _ts(value)
+        elif f.name in _JSON_COLUMNS:
+            row[f.name] = _json(value)
+        elif isinstance(value, StrEnum):
+            row[f.name] = str(value)
+        else:
+            row[f.name] = value
+    return row
+
+
+def _upsert(db: sqlite3.Connection, table: str, key: Sequence[str],
+            row: Mapping[str, Any]) -> None:
+    columns = ", ".join(row)
+    marks = ", ".join(f":{c}" for c in row)
+    updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in key)
+    db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks}) "  # noqa: S608 - fixed names
+               f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates}", row)
+
+
+def _update_operation(db: sqlite3.Connection, change: OperationChange) -> None:
+    values: dict[str, Any] = {"status": str(change.status)}
+    if change.operation_id is not None:
+        values["operation_id"] = change.operation_id
+    if change.finished_at is not None:
+        values["finished_at"] = _ts(change.finished_at)
+    if change.error is not None:
+        values["error"] = _json(change.error)
+    if change.result is not None:
+        values["result"] = _json(change.result)
+    sets = ", ".join(f"{c} = :{c}" for c in values)
+    db.execute(f"UPDATE operations SET {sets} "  # noqa: S608 - fixed column names
+               "WHERE spec_hash = :spec_hash AND attempt = :attempt",
+               {**values, "spec_hash": change.spec_hash, "attempt": change.attempt})
 
 
 class Store:
@@ -211,6 +284,13 @@ class Store:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {target}")
 
+    def snapshot(self) -> Store:
+        """An in-memory copy of this store: changing it never touches the original."""
+        copy = Store(":memory:", retention=self.retention)
+        with self._lock:
+            self._db.backup(copy._db)
+        return copy
+
     @property
     def schema_version(self) -> int:
         with self._lock:
@@ -279,191 +359,24 @@ class Store:
             rows = self._db.execute("SELECT DISTINCT name FROM intents").fetchall()
         return {r[0] for r in rows}
 
-    # ------------------------------------------------------------------ transitions
+    # ------------------------------------------------------------------ writes
 
-    def begin_attempt(
-        self,
-        intent: NewIntent,
-        *,
-        attempt: int,
-        operation_id: str,
-        service_id: str | None,
-        now: datetime,
-        revision: str,
-    ) -> None:
-        """Write-ahead: record attempt ``attempt`` as ``submitting`` before its POST."""
-        t = _ts(now)
+    def save(self, step: Step) -> None:
+        """Persist one transition as given, in one transaction: the intent's record (or
+        its removal) and its attempt's operation row. Nothing is decided here."""
         with self._tx() as db:
-            db.execute(
-                """
-                INSERT INTO intents (spec_hash, name, service, command, window, canonical,
-                    status, attempts, operation_id, service_id, first_submitted_at,
-                    attempt_started_at, next_poll_at, poll_count, revision, created_at,
-                    updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, 'submitting', ?, ?, ?, ?, ?, NULL, 0, ?, ?, ?)
-                ON CONFLICT(spec_hash) DO UPDATE SET
-                    status = 'submitting', attempts = excluded.attempts,
-                    operation_id = excluded.operation_id, service_id = excluded.service_id,
-                    first_submitted_at = COALESCE(intents.first_submitted_at,
-                                                  excluded.first_submitted_at),
-                    attempt_started_at = excluded.attempt_started_at,
-                    next_attempt_at = NULL, next_poll_at = NULL, poll_count = 0,
-                    revision = excluded.revision, updated_at = excluded.updated_at,
-                    retired = NULL
-                """,
-                (intent.spec_hash, intent.name, intent.service, intent.command, intent.window,
-                 intent.canonical, attempt + 1, operation_id, service_id, t, t, revision, t, t),
-            )
-            db.execute(
-                """
-                INSERT INTO operations (operation_id, spec_hash, name, attempt, service_id,
-                    submitted_at, status, revision)
-                VALUES (?, ?, ?, ?, ?, ?, 'submitting', ?)
-                ON CONFLICT(operation_id) DO UPDATE SET status = 'submitting',
-                    submitted_at = excluded.submitted_at
-                """,
-                (operation_id, intent.spec_hash, intent.name, attempt, service_id, t, revision),
-            )
-
-    def defer(self, spec_hash: str, *, now: datetime, next_poll_at: datetime,
-              error: Mapping[str, Any] | None = None, unsent: bool = False) -> None:
-        """An in-flight intent could not be checked now (transient error): look again
-        later. ``unsent``: the server certainly did not take the attempt's run request
-        (it answered 429 or 401, or the connection was refused), so a later 404 needs no
-        waiting; recorded by clearing ``attempt_started_at``."""
-        with self._tx() as db:
-            db.execute(
-                """UPDATE intents SET next_poll_at = ?, poll_count = poll_count + 1,
-                   last_error = COALESCE(?, last_error), updated_at = ?,
-                   attempt_started_at = CASE WHEN ? THEN NULL ELSE attempt_started_at END
-                   WHERE spec_hash = ?""",
-                (_ts(next_poll_at), _json(error), _ts(now), unsent, spec_hash),
-            )
-
-    def mark_pending(
-        self, spec_hash: str, *, operation_id: str, sent_operation_id: str, now: datetime,
-        next_poll_at: datetime, poll_count: int = 0,
-    ) -> None:
-        """The server accepted (or we found) the operation; it is running. The id the
-        server answered with is the one recorded and polled from now on."""
-        with self._tx() as db:
-            db.execute(
-                """UPDATE intents SET status = 'pending', operation_id = ?, next_poll_at = ?,
-                   poll_count = ?, last_error = NULL, updated_at = ? WHERE spec_hash = ?""",
-                (operation_id, _ts(next_poll_at), poll_count, _ts(now), spec_hash),
-            )
-            db.execute(
-                """UPDATE operations SET status = 'pending', operation_id = ?
-                   WHERE operation_id = ?""",
-                (operation_id, sent_operation_id),
-            )
-
-    def mark_succeeded(
-        self, spec_hash: str, *, operation_id: str, now: datetime,
-        result: Mapping[str, Any] | None,
-    ) -> None:
-        with self._tx() as db:
-            db.execute(
-                """UPDATE intents SET status = 'succeeded', operation_id = ?,
-                   next_poll_at = NULL, next_attempt_at = NULL, last_error = NULL,
-                   succeeded_at = ?, updated_at = ? WHERE spec_hash = ?""",
-                (operation_id, _ts(now), _ts(now), spec_hash),
-            )
-            db.execute(
-                """UPDATE operations SET status = 'succeeded', finished_at = ?, result = ?
-                   WHERE operation_id = ?""",
-                (_ts(now), _json(result), operation_id),
-            )
-
-    def mark_failed(
-        self,
-        spec_hash: str,
-        *,
-        operation_id: str | None,
-        now: datetime,
-        error: Mapping[str, Any],
-        next_attempt_at: datetime | None,
-        outcome: Literal["failed", "timed_out"] = "failed",
-    ) -> None:
-        """The attempt failed: retry at ``next_attempt_at``, or stall when it is None."""
-        status = "failed" if next_attempt_at is not None else "stalled"
-        with self._tx() as db:
-            db.execute(
-                """UPDATE intents SET status = ?, next_attempt_at = ?, next_poll_at = NULL,
-                   last_error = ?, updated_at = ? WHERE spec_hash = ?""",
-                (status, _ts(next_attempt_at), _json(error), _ts(now), spec_hash),
-            )
-            if operation_id is not None:
-                db.execute(
-                    """UPDATE operations SET status = ?, finished_at = ?, error = ?
-                       WHERE operation_id = ?""",
-                    (outcome, _ts(now), _json(error), operation_id),
-                )
-
-    def record_stalled(self, intent: NewIntent, *, now: datetime, error: Mapping[str, Any],
-                       revision: str) -> None:
-        """An intent that cannot even be submitted (e.g. its service does not exist)."""
-        t = _ts(now)
-        with self._tx() as db:
-            db.execute(
-                """
-                INSERT INTO intents (spec_hash, name, service, command, window, canonical,
-                    status, attempts, last_error, revision, created_at, updated_at)
-                VALUES (?, ?, ?, ?, ?, ?, 'stalled', 0, ?, ?, ?, ?)
-                ON CONFLICT(spec_hash) DO UPDATE SET status = 'stalled',
-                    last_error = excluded.last_error, next_attempt_at = NULL,
-                    updated_at = excluded.updated_at
-                """,
-                (intent.spec_hash, intent.name, intent.service, intent.command, intent.window,
-                 intent.canonical, _json(error), revision, t, t),
-            )
-
-    def forget_attempt(self, spec_hash: str, *, operation_id: str, now: datetime) -> None:
-        """A write-ahead attempt that never reached the server (lookup said 404) and must
-        not be sent now: drop it, so the intent reads as not submitted."""
-        with self._tx() as db:
-            db.execute("DELETE FROM operations WHERE operation_id = ?", (operation_id,))
-            row = db.execute(
-                "SELECT attempts FROM intents WHERE spec_hash = ?", (spec_hash,)
-            ).fetchone()
-            if row is None:
-                return
-            if row["attempts"] <= 1:
-                db.execute("DELETE FROM intents WHERE spec_hash = ?", (spec_hash,))
+            if step.drop_operation is not None:
+                db.execute("DELETE FROM operations WHERE spec_hash = ? AND attempt = ?",
+                           (step.spec_hash, step.drop_operation))
+            if step.record is None:
+                db.execute("DELETE FROM intents WHERE spec_hash = ?", (step.spec_hash,))
             else:
-                db.execute(
-                    """UPDATE intents SET status = 'failed', attempts = attempts - 1,
-                       next_attempt_at = ?, updated_at = ? WHERE spec_hash = ?""",
-                    (_ts(now), _ts(now), spec_hash),
-                )
-
-    def retire(self, spec_hash: str, *, why: Literal["orphaned", "superseded"],
-               now: datetime) -> None:
-        """The manifest was removed (orphaned) or changed (superseded): keep as history."""
-        with self._tx() as db:
-            db.execute(
-                "UPDATE intents SET retired = ?, updated_at = ? WHERE spec_hash = ?",
-                (why, _ts(now), spec_hash),
-            )
-
-    def retry(self, name: str, *, now: datetime) -> list[str]:
-        """Give stalled or failed intents of ``name`` a fresh retry budget and deadline,
-        due now. Returns the spec hashes changed (empty: nothing to retry)."""
-        with self._tx() as db:
-            rows = db.execute(
-                """SELECT spec_hash FROM intents WHERE name = ? AND retired IS NULL
-                   AND status IN ('stalled', 'failed')""",
-                (name,),
-            ).fetchall()
-            hashes = [r["spec_hash"] for r in rows]
-            for h in hashes:
-                db.execute(
-                    """UPDATE intents SET status = 'failed', retry_base = attempts,
-                       first_submitted_at = NULL, next_attempt_at = ?, updated_at = ?
-                       WHERE spec_hash = ?""",
-                    (_ts(now), _ts(now), h),
-                )
-        return hashes
+                _upsert(db, "intents", ("spec_hash",), _to_row(step.record))
+            if step.new_operation is not None:
+                _upsert(db, "operations", ("spec_hash", "attempt"),
+                        _to_row(step.new_operation))
+            if step.operation_change is not None:
+                _update_operation(db, step.operation_change)
 
     def prune(self) -> int:
         """Drop the oldest finished history beyond ``retention`` per manifest name."""

@@ -35,7 +35,18 @@ def test_parse_duration_accepts_go_syntax(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "2", "2 s", "s", "1d", "-1s", "never", "1s-", True, None, -1])
+def test_parse_duration_takes_every_manifest_unit_and_surrounding_blanks() -> None:
+    # The emulator parses with the manifests' parser, so their units (ns, us, µs) work too.
+    assert parse_duration("1500us") == pytest.approx(0.0015)
+    assert parse_duration("1ms500µs") == pytest.approx(0.0015)
+    assert parse_duration(" 2s\n") == 2.0
+    assert parse_duration("5.s") == 5.0
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "2", "2 s", "s", ".s", "1..5s", "1d", "-1s", "never", "1s-", True, None, -1, [1]],
+)
 def test_parse_duration_rejects_malformed_values(text: object) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)

@@ -17,6 +17,7 @@ import math
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -105,32 +106,34 @@ def _state(request: Request) -> EmulatorState:
     return state
 
 
-class _BadRequest(Exception):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
+@dataclass(frozen=True)
+class _Invalid:
+    """Why a request is malformed: the ``detail`` of its 400 answer."""
+
+    detail: str
 
 
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int | _Invalid:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
         value = int(raw.strip())
     except ValueError:
-        raise _BadRequest(f"query parameter {name} must be an integer, got {raw!r}") from None
+        return _Invalid(f"query parameter {name} must be an integer, got {raw!r}")
     if not low <= value <= high:
-        raise _BadRequest(f"query parameter {name} must be between {low} and {high}, got {value}")
+        return _Invalid(f"query parameter {name} must be between {low} and {high}, got {value}")
     return value
 
 
 async def list_services(request: Request) -> Response:
     """``GET /api/v1/ailake/services``: JSON:API list, zero-based ``page``, ``size`` 1..500."""
-    try:
-        page = _int_param(request, "page", 0, 0, 2**31 - 1)
-        size = _int_param(request, "size", 50, 1, 500)
-    except _BadRequest as exc:
-        return problem(400, "Bad Request", exc.detail)
+    page = _int_param(request, "page", 0, 0, 2**31 - 1)
+    if isinstance(page, _Invalid):
+        return problem(400, "Bad Request", page.detail)
+    size = _int_param(request, "size", 50, 1, 500)
+    if isinstance(size, _Invalid):
+        return problem(400, "Bad Request", size.detail)
     raw_meta = request.query_params.getlist("metaInclude")
     if len(set(raw_meta)) != len(raw_meta):
         return problem(400, "Bad Request", "query parameter metaInclude must have unique items")
@@ -172,32 +175,40 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_run_body(raw: bytes) -> dict[str, Any]:
+def _parse_run_body(raw: bytes) -> dict[str, Any] | _Invalid:
     if not raw.strip():
-        raise _BadRequest("request body is required: a JSON object {context?, payload?}")
+        return _Invalid("request body is required: a JSON object {context?, payload?}")
     try:
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _BadRequest(f"request body is not valid JSON: {exc}") from None
+        return _Invalid(f"request body is not valid JSON: {exc}")
     if not isinstance(body, dict):
-        raise _BadRequest("request body must be a JSON object {context?, payload?}")
-    context = body.get("context")
-    if context is not None:
-        if not isinstance(context, dict):
-            raise _BadRequest("context must be an object of string (or null) values")
-        for key, value in context.items():
-            if value is not None and not isinstance(value, str):
-                raise _BadRequest(f"context.{key} must be a string or null")
-    payload = body.get("payload")
-    if payload is not None:
-        if not isinstance(payload, dict):
-            raise _BadRequest("payload must be a JSON object")
-        length = len(json.dumps(payload, separators=(",", ":")))
-        if length > MAX_PAYLOAD_CHARS:
-            raise _BadRequest(
-                f"payload is {length} characters as compact JSON; the limit is {MAX_PAYLOAD_CHARS}"
-            )
-    return body
+        return _Invalid("request body must be a JSON object {context?, payload?}")
+    return _invalid_context(body.get("context")) or _invalid_payload(body.get("payload")) or body
+
+
+def _invalid_context(context: Any) -> _Invalid | None:
+    if context is None:
+        return None
+    if not isinstance(context, dict):
+        return _Invalid("context must be an object of string (or null) values")
+    for key, value in context.items():
+        if value is not None and not isinstance(value, str):
+            return _Invalid(f"context.{key} must be a string or null")
+    return None
+
+
+def _invalid_payload(payload: Any) -> _Invalid | None:
+    if payload is None:
+        return None
+    if not isinstance(payload, dict):
+        return _Invalid("payload must be a JSON object")
+    length = len(json.dumps(payload, separators=(",", ":")))
+    if length > MAX_PAYLOAD_CHARS:
+        return _Invalid(
+            f"payload is {length} characters as compact JSON; the limit is {MAX_PAYLOAD_CHARS}"
+        )
+    return None
 
 
 async def run_command(request: Request) -> Response:
@@ -213,10 +224,9 @@ async def run_command(request: Request) -> Response:
         return problem(
             404, "Not Found", f"command {command_name!r} not found in service {service_id}"
         )
-    try:
-        body = _parse_run_body(await request.body())
-    except _BadRequest as exc:
-        return problem(400, "Bad Request", exc.detail)
+    body = _parse_run_body(await request.body())
+    if isinstance(body, _Invalid):
+        return problem(400, "Bad Request", body.detail)
     operation_id = (request.headers.get("operation-id") or "").strip() or None
     outcome = state.run(service, command, body, operation_id)
     if isinstance(outcome, Conflict):

@@ -4,14 +4,14 @@ The emulator is only as useful as its configuration is trustworthy, so the file 
 strictly: an unknown key, a malformed duration or a rate outside 0..1 is a ``ConfigError``
 that names the file and the field (``emulator.yaml: services[0].commands.reindex.duration:
 ...``), never a silently ignored typo. Durations use Go's syntax (``500ms``, ``2s``,
-``1m30s``, ``1.5h``), which is what the DESIGN document and the manifests use; a small parser
-lives here so the emulator depends on nothing else in the package but ``reconciler.errors``.
+``1m30s``, ``1.5h``), which is what the DESIGN document and the manifests use, parsed by the
+manifests' own parser (:mod:`reconciler.model.durations`); this module only adds bare numbers
+(seconds) and leaves ``never`` to the fields that allow it.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from reconciler.errors import ConfigError
+from reconciler.model.durations import duration_seconds
 
 __all__ = [
     "CommandConfig",
@@ -32,36 +33,26 @@ __all__ = [
     "parse_duration",
 ]
 
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 NEVER = "never"
 
 
 def parse_duration(value: object) -> float:
-    """Parse a Go-style duration (``1h30m``, ``1.5s``, ``250ms``, ``0``) into seconds.
+    """Parse a Go-style duration (``1h30m``, ``1.5s``, ``.5s``, ``250ms``, ``0``) into seconds.
 
-    A bare number (int or float, not bool) is taken as seconds. Raises ``ValueError`` for
-    anything else, including negative values and the word ``never`` (callers that allow
-    ``never`` check for it first).
+    A bare number (int or float, not bool) is taken as seconds; a string is stripped and
+    parsed by :func:`reconciler.model.durations.duration_seconds` (with Go's ``.5s`` and
+    ``5.s`` spellings). Raises ``ValueError`` for anything else, including negative values
+    and the word ``never`` (callers that allow ``never`` check for it first).
     """
     if isinstance(value, bool):
         raise ValueError(f"invalid duration {value!r}")
     if isinstance(value, int | float):
         seconds = float(value)
     elif isinstance(value, str):
-        text = value.strip()
-        if text == "0":
-            return 0.0
-        pos = 0
-        seconds = 0.0
-        if not text:
-            raise ValueError("invalid duration ''")
-        while pos < len(text):
-            match = _DURATION_PART.match(text, pos)
-            if match is None:
-                raise ValueError(f"invalid duration {value!r}")
-            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-            pos = match.end()
+        try:
+            seconds = duration_seconds(value.strip(), go_numbers=True)
+        except ValueError:
+            raise ValueError(f"invalid duration {value!r}") from None
     else:
         raise ValueError(f"invalid duration {value!r}")
     if not math.isfinite(seconds) or seconds < 0:
