@@ -2,12 +2,17 @@
 #
 # ailake-reconciler image: build a wheel set in one stage, install it into a venv in a clean
 # runtime stage. Runs as UID 10001, writes only under /data (a volume), so it works with
-# readOnlyRootFilesystem: true (Kubernetes also mounts an emptyDir on /tmp).
+# readOnlyRootFilesystem: true (Kubernetes also mounts an emptyDir on /tmp). The runtime has
+# the git CLI, ssh and the CA bundle for the built-in git follower (run --git-url), whose
+# cache lives beside the state, in /data/.reconciler-git.
 #
 #   docker build -t ailake-reconciler:0.1.0 .
 #   docker run --read-only -v state:/data -p 8080:8080 \
 #     -e RECONCILER_API_URL=https://example.gooddata.com -e RECONCILER_API_TOKEN=... \
 #     -v "$PWD/manifests:/manifests:ro" ailake-reconciler:0.1.0 run --manifests /manifests
+#   docker run --read-only -v state:/data -p 8080:8080 \
+#     -e RECONCILER_API_URL=https://example.gooddata.com -e RECONCILER_API_TOKEN=... \
+#     ailake-reconciler:0.1.0 run --git-url https://github.com/example/manifests.git
 
 # ---------------------------------------------------------------------------------------------
 FROM python:3.11.11-slim-bookworm AS build
@@ -40,6 +45,15 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH \
     RECONCILER_STATE=/data/reconciler-state.db \
     RECONCILER_LISTEN=0.0.0.0:8080
+
+# git, ssh and CA certificates for the built-in git follower. Not pinned to a version on
+# purpose: the base image's Debian release receives security fixes for them, and a pinned
+# version disappears from the mirror with the next one (the build would break).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
+    && apt-get clean \
+    && rm -rf /var/lib/apt/lists/*
 
 # Wheels are bind-mounted from the build stage, so they never become an image layer.
 # pip byte-compiles the installed modules here, at build time, so nothing is written at run

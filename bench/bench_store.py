@@ -9,7 +9,14 @@ file in a temporary directory (``--dir`` to put it elsewhere, e.g. the volume th
 and, for comparison, on ``:memory:`` (no fsync: the cost of SQL and Python alone). Also
 times ``intents()`` (what every pass reads) once the store holds the rows.
 
-    /work/venv/bin/python bench/bench_store.py [--seconds 5] [--dir PATH]
+PostgreSQL rows: ``--postgres URL`` measures that database (it must be empty, or a
+database created for the run); without it, when the server binaries are installed, a
+throwaway server is started on loopback (tests/pg_support.py) twice: with ``fsync`` on
+(durable, comparable to SQLite's ``synchronous=FULL``) and off (the cost of the protocol,
+round trips and SQL alone). Each save is a pooled connection's transaction of a
+``SELECT … FOR UPDATE`` and two or three statements.
+
+    /work/venv/bin/python bench/bench_store.py [--seconds 5] [--dir PATH] [--postgres URL]
 """
 
 from __future__ import annotations
@@ -27,10 +34,13 @@ from benchlib import table
 from reconciler.model.identity import operation_id
 from reconciler.model.lifecycle import Accepted, Claimed, ObservedSucceeded, transition
 from reconciler.model.records import NewIntent
+from reconciler.store import PostgresStore, StateStore
 from reconciler.store.sqlite import Store
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-def cycles(store: Store, seconds: float, offset: int) -> tuple[int, float]:
+
+def cycles(store: StateStore, seconds: float, offset: int) -> tuple[int, float]:
     """Run begin/pending/succeeded cycles for ``seconds``; (cycles, elapsed)."""
     done = 0
     started = time.perf_counter()
@@ -51,12 +61,53 @@ def cycles(store: Store, seconds: float, offset: int) -> tuple[int, float]:
     return done, time.perf_counter() - started
 
 
+def measure(store: StateStore, seconds: float) -> tuple[int, str, str, str, str]:
+    """(cycles, transitions/s, ms/transition, intents() rows, intents() ms)."""
+    cycles(store, 0.2, 10_000_000)  # warm up
+    n, elapsed = cycles(store, seconds, 0)
+    started = time.perf_counter()
+    rows_read = len(store.intents())
+    read = time.perf_counter() - started
+    return (n, f"{3 * n / elapsed:,.0f}", f"{elapsed / (3 * n) * 1e3:.3f}", f"{rows_read:,}",
+            f"{read * 1e3:.0f}")
+
+
+def postgres_rows(args: argparse.Namespace) -> list[tuple[object, ...]]:
+    """Rows for ``--postgres URL``, or for throwaway servers (fsync on, then off)."""
+    if args.postgres:
+        with PostgresStore(args.postgres) as store:
+            return [(f"postgresql {store.location}", "server's", *measure(store, args.seconds))]
+    try:
+        from pg_support import PgServer, skip_reason
+    except ImportError:  # pragma: no cover - run from a copy without tests/
+        return []
+    reason = skip_reason()
+    if reason is not None:
+        print(f"(no PostgreSQL row: {reason})")
+        return []
+    rows: list[tuple[object, ...]] = []
+    for fsync in (True, False):
+        server = PgServer(fsync=fsync)
+        try:
+            database = server.create_database()
+            with PostgresStore(server.url(database)) as store:
+                label = f"postgresql, loopback (server start {server.start_seconds:.2f} s)"
+                rows.append((label, "fsync on" if fsync else "fsync off",
+                             *measure(store, args.seconds)))
+        finally:
+            server.close()
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per store kind")
     parser.add_argument("--dir", default=None, help="where to put the file store")
+    parser.add_argument("--postgres", default=None, metavar="URL",
+                        help="measure this PostgreSQL database instead of a throwaway server")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite rows only")
     args = parser.parse_args()
-    rows = []
+    rows: list[tuple[object, ...]] = []
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "state.db"
         for label, target in (("file (WAL, synchronous=FULL)", str(path)),
@@ -64,15 +115,11 @@ def main() -> int:
             with Store(target) as store:
                 sync = store._db.execute("PRAGMA synchronous").fetchone()[0]
                 mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
-                cycles(store, 0.2, 10_000_000)  # warm up
-                n, elapsed = cycles(store, args.seconds, 0)
-                started = time.perf_counter()
-                rows_read = len(store.intents())
-                read = time.perf_counter() - started
-            rows.append((label, f"{mode}/{'FULL' if sync == 2 else sync}", n,
-                         f"{3 * n / elapsed:,.0f}", f"{elapsed / (3 * n) * 1e3:.3f}",
-                         f"{rows_read:,}", f"{read * 1e3:.0f}"))
+                rows.append((label, f"{mode}/{'FULL' if sync == 2 else sync}",
+                             *measure(store, args.seconds)))
         size = os.path.getsize(path) if path.exists() else 0
+    if not args.no_postgres:
+        rows.extend(postgres_rows(args))
     print(f"state store transitions ({args.seconds:g} s per kind; one cycle = claimed "
           "+ accepted + succeeded)")
     print(table(("store", "journal/sync", "cycles", "transitions/s", "ms/transition",

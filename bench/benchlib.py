@@ -40,10 +40,11 @@ PER_FILE = 10
 
 
 def manifest_docs(count: int, *, seed: int = 1, policies: bool = True,
-                  commands: Sequence[str] = COMMANDS) -> list[dict[str, Any]]:
+                  commands: Sequence[str] = COMMANDS, chains: bool = True,
+                  prefix: str = "cmd") -> list[dict[str, Any]]:
     """``count`` realistic ServiceCommand documents: payloads, contexts, labels, some
-    ``serviceName`` references, dependency chains of up to 5, and (with ``policies``)
-    a few interval and cron policies."""
+    ``serviceName`` references, dependency chains of up to 5 (unless not ``chains``), and
+    (with ``policies``) a few interval and cron policies."""
     rng = random.Random(seed)
     docs: list[dict[str, Any]] = []
     for i in range(count):
@@ -55,8 +56,8 @@ def manifest_docs(count: int, *, seed: int = 1, policies: bool = True,
                            "batchSize": rng.choice([100, 500, 1000]), "index": i}
         if i % 2:
             spec["context"] = {"requestedBy": f"team-{i % 7}", "ticket": f"DATA-{i}"}
-        if i % 5:
-            spec["dependsOn"] = [f"cmd-{i - 1:05d}"]
+        if chains and i % 5:
+            spec["dependsOn"] = [f"{prefix}-{i - 1:05d}"]
         if policies and i % 50 == 7:
             spec["policy"] = {"interval": "24h"}
         elif policies and i % 50 == 19:
@@ -64,7 +65,7 @@ def manifest_docs(count: int, *, seed: int = 1, policies: bool = True,
         spec["retry"] = {"limit": 3, "backoff": "30s", "maxBackoff": "10m"}
         spec["timeout"] = "30m"
         docs.append({"apiVersion": "ailake.reconciler/v1", "kind": "ServiceCommand",
-                     "metadata": {"name": f"cmd-{i:05d}", "labels": {"team": f"t{i % 7}"}},
+                     "metadata": {"name": f"{prefix}-{i:05d}", "labels": {"team": f"t{i % 7}"}},
                      "spec": spec})
     return docs
 
@@ -217,3 +218,154 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
              for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ emulator, daemon, store
+# (used by bench_scale.py, bench_daemon.py, bench_sdk.py and run_all.py)
+
+
+def emulator_services(durations: dict[str, str] | None = None,
+                      default: str = "0s") -> list[dict[str, Any]]:
+    """The four bench services, every command of :data:`COMMANDS` lasting ``default``
+    (``durations`` overrides single commands)."""
+    durations = durations or {}
+    return [{"id": sid, "name": name,
+             "commands": {c: {"duration": durations.get(c, default)} for c in COMMANDS}}
+            for sid, name in zip(SERVICE_IDS, SERVICE_NAMES, strict=True)]
+
+
+class EmulatorProcess:
+    """The emulator in a process of its own (its CPU is not the daemon's), with the
+    server-side request counts of ``GET /_emulator/requests``."""
+
+    def __init__(self, services: list[dict[str, Any]], *, dedup: bool = True,
+                 faults: dict[str, Any] | None = None) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self._dir = tempfile.TemporaryDirectory()
+        config = Path(self._dir.name) / "emulator.yaml"
+        data: dict[str, Any] = {"dedup": dedup, "services": services}
+        if faults:
+            data["faults"] = faults
+        config.write_text(yaml.safe_dump(data))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler.ailake.emulator", "--config", str(config),
+             "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()
+        if "listening on " not in line:
+            raise RuntimeError(f"emulator did not start: {line}")
+        self.url = line.split("listening on ", 1)[1].strip()
+
+    def get(self, path: str) -> Any:
+        import httpx
+
+        return httpx.get(self.url + path, timeout=30).json()
+
+    def requests(self) -> dict[str, Any]:
+        """``{"total": N, "routes": {"METHOD template": n}}``."""
+        data: dict[str, Any] = self.get("/_emulator/requests")
+        return data
+
+    def reset_requests(self) -> None:
+        import httpx
+
+        httpx.delete(self.url + "/_emulator/requests", timeout=30)
+
+    def executions(self) -> list[dict[str, Any]]:
+        data: list[dict[str, Any]] = self.get("/_emulator/executions")
+        return data
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+        self._dir.cleanup()
+
+    def __enter__(self) -> EmulatorProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+ROUTE_RUN = "POST /api/v1/ailake/services/{serviceId}/commands/{commandName}/run"
+ROUTE_OPERATION = "GET /api/v1/ailake/operations/{operationId}"
+ROUTE_SERVICES = "GET /api/v1/ailake/services"
+
+
+def default_settings(manifests: Path, api_url: str, state: Path, *extra: str) -> Any:
+    """The DaemonSettings ``reconciler run`` builds from its flags (the defaults, plus
+    ``extra`` flags), so the benchmarks follow the CLI's defaults as they change."""
+    from reconciler.cli.main import _settings, build_parser
+
+    args = build_parser().parse_args(["run", "--manifests", str(manifests), "--api-url",
+                                      api_url, "--state", str(state), "--listen", "", *extra])
+    return _settings(args)
+
+
+def backdated_epoch(store: Any, *, hours: float = 2.0) -> None:
+    """A steady-state store: its epoch began (and was adopted) long ago, so new intents
+    need no probe (README, exactly once, rule 4)."""
+    then = utcnow() - timedelta(hours=hours)
+    epoch = store.begin_epoch(reason="created", holder="bench", now=then)
+    store.adopted(epoch, now=then)
+
+
+def seed_in_sync(store: Any, desired: Sequence[ServiceCommand], *, now: datetime) -> None:
+    """Record every command as succeeded (claimed, accepted, succeeded: what converging
+    it through the API would have stored), without the API."""
+    from reconciler.model.lifecycle import Accepted, Claimed, ObservedSucceeded, transition
+
+    started = now - timedelta(minutes=5)
+    db = getattr(store, "_db", None)
+    if db is not None:  # a bench's set-up, not what it measures: no fsync per seeded step
+        db.execute("PRAGMA synchronous=OFF")
+    for command in desired:
+        want = desired_intent(command, now)
+        op = want.operation_id(0)
+        rec = None
+        for event, at in ((Claimed(want.new_intent(), 0, op, SERVICE_IDS[0], "r1"), started),
+                          (Accepted(op, started + timedelta(seconds=1)), started),
+                          (ObservedSucceeded(op, {"ok": True}), started + timedelta(seconds=3))):
+            step = transition(rec, event, at)
+            store.save(step)
+            rec = step.record
+
+
+def seed_history(store: Any, service: str, command: str, seconds: float, *,
+                 count: int = 5) -> None:
+    """Past successes of ``service``/``command`` lasting ``seconds`` (what polls learn
+    the typical duration from), under names no manifest uses."""
+    from reconciler.model.lifecycle import Accepted, Claimed, ObservedSucceeded, transition
+    from reconciler.model.records import NewIntent
+
+    end = utcnow() - timedelta(hours=1)
+    for i in range(count):
+        h = f"{i + 7_000_000:064x}"
+        intent = NewIntent(h, f"history-{i}", service, command, "", "{}")
+        op = f"history-op-{i}"
+        start = end - timedelta(seconds=seconds)
+        rec = None
+        for event, at in ((Claimed(intent, 0, op, SERVICE_IDS[0], "r0"), start),
+                          (Accepted(op, start), start),
+                          (ObservedSucceeded(op, {"ok": True}), end)):
+            step = transition(rec, event, at)
+            store.save(step)
+            rec = step.record
+
+
+def peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

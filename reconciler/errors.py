@@ -38,6 +38,7 @@ __all__ = [
     "PermanentError",
     "Problem",
     "ReconcilerError",
+    "SourceError",
     "StoreError",
     "TemporaryError",
     "TransportFailure",

@@ -6,7 +6,10 @@ import socket
 
 from reconciler.errors import ConfigError
 
-__all__ = ["bind_socket", "parse_listen"]
+__all__ = ["ANY_HOST", "bind_socket", "normalize_listen", "parse_listen"]
+
+#: the host of a listen address given as ``:PORT`` (every IPv4 interface)
+ANY_HOST = "0.0.0.0"
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -22,10 +25,21 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, port
 
 
+def normalize_listen(value: str) -> str:
+    """A daemon ``--listen`` value as ``HOST:PORT``: ``:PORT`` (the usual shorthand, as in
+    ``--listen :18091``) means every interface, :data:`ANY_HOST`; anything else must be
+    what :func:`parse_listen` accepts (ConfigError otherwise)."""
+    text = value.strip()
+    if text.startswith(":") and text[1:].isdigit():
+        text = ANY_HOST + text
+    parse_listen(text)
+    return text
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (``port=0``: the OS picks a free one)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))

@@ -187,7 +187,8 @@ def run_once(manifests: Path, url: str, state: Path, *extra: str,
     """``reconciler run --once`` without an HTTP listener, JSON logs on stdout."""
     return reconciler("run", "--once", "--manifests", manifests, "--api-url", url,
                       "--state", state, "--listen", "", "--interval", "1s",
-                      "--request-timeout", "2s", "--log-format", "json", *extra,
+                      "--request-timeout", "2s", "--settle-window", "3s", "--log-format", "json",
+                      *extra,
                       timeout=timeout)
 
 

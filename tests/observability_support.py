@@ -115,8 +115,11 @@ def sample_names(text: str) -> set[str]:
 
 def scraped_metric_names(text: str) -> set[str]:
     """Metric names of an exposition as PromQL knows them (``x_total``; a histogram's
-    ``x_bucket``/``x_sum``/``x_count`` as ``x``)."""
-    names = sample_names(text)
+    ``x_bucket``/``x_sum``/``x_count`` as ``x``), including families declared by a ``# TYPE``
+    line with no sample yet (``manifest_invalid`` while nothing is invalid)."""
+    names = sample_names(text) | {line.split()[2] for line in text.splitlines()
+                                  if line.startswith("# TYPE ") and len(line.split()) > 3
+                                  and line.split()[3] != "counter"}
     histograms = {n.removesuffix("_bucket") for n in names if n.endswith("_bucket")}
     found = set()
     for name in names:

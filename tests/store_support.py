@@ -1,4 +1,5 @@
-"""A real store driven through the lifecycle's transitions, as the engine drives it."""
+"""A real store driven through the lifecycle's transitions, as the engine drives it (on
+either backend: ``Ledger(store)`` takes any :class:`reconciler.store.StateStore`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from reconciler.model.lifecycle import (
 )
 from reconciler.model.records import IntentRecord
 from reconciler.planning.planner import Desired
-from reconciler.store import Store
+from reconciler.store import StateStore, Store
 
 REVISION = "rev-1"
 ATTEMPT_SPACING = timedelta(minutes=1)
@@ -31,8 +32,9 @@ def seconds(n: float) -> timedelta:
 class Ledger:
     """A real in-memory (or given) store; each method is one recorded transition."""
 
-    def __init__(self, store: Store | None = None, *, retention: int = 50) -> None:
-        self.store = store if store is not None else Store(":memory:", retention=retention)
+    def __init__(self, store: StateStore | None = None, *, retention: int = 50) -> None:
+        self.store: StateStore = (store if store is not None
+                                  else Store(":memory:", retention=retention))
 
     @property
     def records(self) -> dict[str, IntentRecord]:

@@ -6,6 +6,8 @@ lists prove every command ran exactly once.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from integration_support import (
     OTHER_SERVICE_NAME,
     SERVICE_ID,
@@ -30,6 +33,7 @@ from integration_support import (
     run_once,
     running_emulator,
     status_json,
+    wait_for,
     write_manifest,
     write_manifests,
 )
@@ -441,12 +445,19 @@ def test_status_json_has_one_row_per_manifest(
     assert not any(k.startswith("_") for k in alpha)
 
 
-def test_status_without_a_store_prints_nothing_recorded_and_creates_nothing(
+def test_status_without_a_store_says_none_is_there_exits_1_and_creates_nothing(
         tmp_path: Path) -> None:
+    """Behaviour change: it used to list every manifest as submitting or waiting, with
+    blank columns, and exit 0."""
     state = tmp_path / "none.db"
-    done = reconciler("status", "--state", state)
-    assert done.returncode == 0 and "No intents recorded" in done.stdout
-    assert json.loads(reconciler("status", "--state", state, "-o", "json").stdout) == []
+    manifests = write_manifests(tmp_path / "manifests", [manifest("alpha")])
+    for extra in ((), ("--manifests", str(manifests)), ("-o", "json")):
+        done = reconciler("status", "--state", state, *extra)
+        assert done.returncode == 1, extra
+        assert done.stdout == ""
+        assert done.stderr.startswith(f"reconciler: no state store at {state} ")
+        assert "RECONCILER_STATE" in done.stderr
+    assert reconciler("history", "alpha", "--state", state).returncode == 1
     assert not state.exists()
 
 
@@ -461,13 +472,21 @@ async def test_history_lists_every_attempt_of_a_manifest(tmp_path: Path,
 
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
-    assert lines[0].split()[:3] == ["SPEC", "WINDOW", "ATTEMPT"]
+    assert lines[0].split() == ["SPEC", "WINDOW", "ATTEMPT", "OPERATION", "SUBMITTED",
+                                "FINISHED", "OUTCOME", "REVISION", "ERROR"]
     assert len(lines) == 1 + 2
-    assert op_id(manifests, "flaky-one", 0) in lines[1] and "failed" in lines[1]
-    assert op_id(manifests, "flaky-one", 1) in lines[2] and "succeeded" in lines[2]
+    revision = load_manifests(manifests).revision
+    for line, n, outcome in ((lines[1], 1, "failed"), (lines[2], 2, "succeeded")):
+        assert line.split()[2] == str(n)  # attempts are counted from 1, as everywhere
+        assert op_id(manifests, "flaky-one", n - 1) in line and outcome in line
+        assert revision in line
     as_json = json.loads(reconciler("history", "flaky-one", "--state", state,
                                     "--output", "json").stdout)
-    assert [(o["attempt"], o["status"]) for o in as_json] == [(0, "failed"), (1, "succeeded")]
+    # 1-based like the tables and the logs; the 0-based index the id is made of beside
+    assert [(o["attempt"], o["attemptIndex"], o["outcome"]) for o in as_json] == [
+        (1, 0, "failed"), (2, 1, "succeeded")]
+    assert [o["status"] for o in as_json] == ["failed", "succeeded"]
+    assert {o["revision"] for o in as_json} == {revision}
     assert as_json[0]["error"]["title"]
 
 
@@ -505,6 +524,10 @@ def test_demo_once_converges_the_sample_manifests(tmp_path: Path) -> None:
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert elapsed < 30
+    # attempts are counted from 1, as in every table and log line: the sample that fails
+    # twice succeeds on its attempt 3
+    assert "attempt 1, operation" in done.stdout and "attempt 0" not in done.stdout
+    assert "attempt 3, operation" in done.stdout
     table = done.stdout.split("Converged in", 1)[1]
     header = next(ln for ln in table.splitlines() if ln.startswith("NAME"))
     assert "STATE" in header
@@ -529,3 +552,362 @@ def test_demo_interrupted_with_ctrl_c_prints_the_table_and_exits_130(tmp_path: P
     assert process.returncode == 130, out[-2000:] + err[-2000:]
     assert "Interrupted after" in out
     assert "Still reconciling" not in out
+
+
+# ---------------------------------------------------------------------------- --git-url
+
+
+def _git_remote(tmp_path: Path) -> Any:
+    from git_support import Remote
+
+    remote = Remote(tmp_path / "srv")
+    docs = {f"manifests/{n}.yaml": yaml.safe_dump(manifest(n, "instant", payload={"n": n}))
+            for n in ("alpha", "beta")}
+    remote.commit(docs, "first")
+    return remote
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs the git CLI")
+def test_plan_and_status_follow_a_git_url_into_a_temporary_cache_changing_nothing(
+        tmp_path: Path, emulator: RunningEmulator) -> None:
+    remote = _git_remote(tmp_path)
+    state = tmp_path / "run" / "state.db"
+    source = ("--git-url", remote.url, "--git-path", "manifests")
+    done = reconciler("plan", *source, "--state", state, "-o", "json")
+    assert done.returncode == 2, done.stderr
+    document = json.loads(done.stdout)
+    assert changed(document) == [("submit", "alpha"), ("submit", "beta")]
+    assert document["revision"] == remote.head() and document["orphaningWithheld"] is None
+    assert not state.parent.exists()  # no state file, no git cache beside it
+    ran = reconciler("run", "--once", *source, "--api-url", emulator.url, "--state", state,
+                     "--listen", "", "--interval", "1s", "--log-format", "json")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert (state.parent / ".reconciler-git").is_dir()  # run keeps its cache there
+    # a typo in one manifest, pushed: status and plan show it invalid, orphan nothing
+    broken = yaml.safe_dump(manifest("beta", "instant", payload={"n": "beta"})).replace(
+        "command: instant", "command: {}")
+    remote.commit({"manifests/beta.yaml": broken}, "typo")
+    rows = {r["name"]: r for r in json.loads(reconciler(
+        "status", *source, "--state", state, "-o", "json").stdout)}
+    assert rows["alpha"]["state"] == S.IN_SYNC
+    assert rows["beta"]["state"] == S.INVALID
+    assert re.search(r"manifests/beta\.yaml:\d+: beta: ", rows["beta"]["reason"])
+    planned = reconciler("plan", *source, "--state", state)
+    assert planned.returncode == 1 and "manifests/beta.yaml:" in planned.stderr
+    assert "orphan" not in planned.stdout and "= invalid  beta" in planned.stdout
+    # everything deleted: nothing proposed for orphaning (without --allow-empty)
+    remote.commit({"manifests/alpha.yaml": None, "manifests/beta.yaml": None,
+                   "manifests/README.md": "empty\n"}, "empty")
+    planned = reconciler("plan", *source, "--state", state, "-o", "json")
+    assert planned.returncode == 1
+    document = json.loads(planned.stdout)
+    assert changed(document) == [] and "--allow-empty" in document["orphaningWithheld"]
+    allowed = reconciler("plan", *source, "--state", state, "-o", "json", "--allow-empty")
+    assert allowed.returncode == 2
+    assert changed(json.loads(allowed.stdout)) == [("orphan", "alpha"), ("orphan", "beta")]
+    assert len(executions(emulator.url)) == 2
+
+
+def test_plan_of_an_unreachable_git_url_exits_1_without_a_traceback(tmp_path: Path) -> None:
+    done = reconciler("plan", "--git-url", (tmp_path / "missing.git").as_uri(),
+                      "--state", tmp_path / "state.db")
+    assert done.returncode == 1
+    assert "reconciler: error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_validate_given_a_git_url_says_use_git_url() -> None:
+    done = reconciler("validate", "https://example.invalid/team/manifests.git")
+    assert done.returncode == 1
+    assert "use --git-url" in done.stderr and "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------ plans that show the change
+
+
+def test_plan_of_a_changed_spec_lists_each_changed_field_old_and_new(
+        converged: tuple[Path, Path, RunningEmulator]) -> None:
+    manifests, state, emu = converged
+    write_manifest(manifests, manifest("alpha", "quick", payload={"n": 2, "tables": ["o"]},
+                                       context={"by": "me"}))
+
+    text = reconciler("plan", "--manifests", manifests, "--state", state)
+
+    assert text.returncode == 2, text.stderr
+    block = text.stdout.split("+ submit   alpha", 1)[1].split("\n\n", 1)[0]
+    assert block.splitlines()[1:] == [
+        "      new intent; the spec changed since its last run:",
+        '        ~ context: null → {"by": "me"}',
+        "        ~ payload.n: 1 → 2",
+        '        + payload.tables: ["o"]',
+    ]
+    code, document = plan_json(manifests, state)
+    assert code == 2
+    [submit] = [a for a in document["actions"] if a["action"] == "submit"]
+    assert submit["specChanges"] == [
+        {"path": "context", "change": "changed", "old": None, "new": {"by": "me"}},
+        {"path": "payload.n", "change": "changed", "old": 1, "new": 2},
+        {"path": "payload.tables", "change": "added", "old": None, "new": ["o"]},
+    ]
+    assert (submit["attempt"], submit["attemptIndex"]) == (1, 0)
+    assert document["standing"]["in_sync"] == ["beta", "gamma"]
+    assert len(executions(emu.url)) == 3
+
+
+def test_plan_with_an_api_url_ending_in_api_v1_explains_the_extra_path(
+        converged: tuple[Path, Path, RunningEmulator]) -> None:
+    """Behaviour change: it used to plan 'submit' for operations that exist (every lookup
+    of ``/api/v1/api/v1/...`` answered 404)."""
+    manifests, state, emu = converged
+    done = reconciler("plan", "--manifests", manifests, "--state", state,
+                      "--api-url", emu.url + "/api/v1")
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "is not the organisation's root URL" in done.stderr
+    assert f"use --api-url {emu.url}" in done.stderr
+
+
+def test_plan_with_an_unreachable_api_fails_in_seconds_naming_host_and_port(
+        converged: tuple[Path, Path, RunningEmulator]) -> None:
+    import socket
+
+    manifests, state, _ = converged
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    done = reconciler("plan", "--manifests", manifests, "--state", state,
+                      "--api-url", f"http://127.0.0.1:{port}")
+    assert time.monotonic() - started < 10
+    assert done.returncode == 1
+    [line] = done.stderr.strip().splitlines()
+    assert f"cannot connect to 127.0.0.1:{port}" in line and "Traceback" not in line
+
+
+def _live_manifests(directory: Path) -> Path:
+    return write_manifests(directory, [
+        manifest("synced", "instant"),
+        manifest("hanging", "hang", timeout="1h"),
+        manifest("after-hanging", "instant", dependsOn=["hanging"]),
+        manifest("doomed", "broken", retry={"limit": 0}),
+        manifest("retrying", "broken", timeout="24h",
+                 retry={"limit": 3, "backoff": "1h", "maxBackoff": "1h"}),
+    ])
+
+
+LIVE = {"synced": S.IN_SYNC, "hanging": S.PENDING, "after-hanging": S.WAITING,
+        "doomed": S.STALLED, "retrying": S.FAILED}
+
+
+def _sign(body: bytes, secret: str) -> str:
+    import hashlib
+    import hmac
+
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_a_live_daemon_plan_status_and_its_log_name_every_state_and_the_progress(
+        tmp_path: Path, emulator: RunningEmulator) -> None:
+    """One daemon whose manifests end in sync, pending, waiting, stalled and failed:
+    ``plan`` names each (a pending operation used to be counted nowhere and a stalled
+    manifest not named), ``status`` shows the pending one's elapsed time and deadline and
+    every row's revision, and SIGHUP and the webhook each log a line when received."""
+    import httpx
+    from observability_support import daemon_env, start_daemon
+
+    manifests = _live_manifests(tmp_path / "manifests")
+    secret = "hook-secret-for-the-test"
+    daemon = start_daemon(tmp_path / "daemon", manifests=manifests, api_url=emulator.url,
+                          env=daemon_env(RECONCILER_WEBHOOK_SECRET=secret),
+                          args=["--log-format", "json"], interval="30s")
+    state: Path = daemon.extra["state"]
+    try:
+        wait_for(lambda: {n: r["state"] for n, r in status_json(
+            state, "--manifests", str(manifests)).items()} == LIVE, timeout=60,
+            what=f"the manifests in {LIVE}")
+        planned = reconciler("plan", "--manifests", manifests, "--state", state)
+        as_json = plan_json(manifests, state)[1]
+        shown = reconciler("status", "--manifests", manifests, "--state", state)
+        rows = status_json(state, "--manifests", str(manifests))
+        daemon.popen.send_signal(signal.SIGHUP)
+        body = b'{"ref": "refs/heads/main"}'
+        hooked = httpx.post(daemon.url + "/hooks/reconcile", content=body, timeout=5,
+                            headers={"x-hub-signature-256": _sign(body, secret),
+                                     "x-github-delivery": "delivery-1"})
+        assert hooked.status_code == 202
+
+        def requested() -> set[str]:
+            return {e.get("trigger", "") for e in daemon.json_lines()
+                    if e["event"] == "reconcile_requested"}
+
+        wait_for(lambda: requested() == {"SIGHUP", "webhook"}, timeout=10,
+                 what="a reconcile_requested line per trigger")
+    finally:
+        daemon.stop()
+
+    assert planned.returncode == 0, planned.stdout + planned.stderr  # nothing to change
+    hanging_op = rows["hanging"]["operationId"]
+    lines = planned.stdout.splitlines()
+    assert any(ln.startswith(f"  . pending  hanging [{hanging_op}]: running ")
+               and "attempt 1, deadline in " in ln for ln in lines), planned.stdout
+    assert "  . waiting  after-hanging: waiting for dependency 'hanging' (pending)" in lines
+    assert any(ln.startswith("  ! stalled  doomed: ") for ln in lines)
+    assert any(ln.startswith("  ! failed   retrying: attempt 2 after backoff (at ")
+               for ln in lines)
+    assert lines[-1] == ("No changes. 1 in sync, 1 in flight (hanging), 1 waiting "
+                         "(after-hanging), 1 failed (retrying), 1 stalled (doomed).")
+    assert as_json["standing"] == {
+        "in_sync": ["synced"], "in_flight": ["hanging"], "waiting": ["after-hanging"],
+        "failed": ["retrying"], "stalled": ["doomed"], "lost": [], "suspended": [],
+        "invalid": [], "orphaned": []}
+    revision = load_manifests(manifests).revision
+    header, *table = shown.stdout.splitlines()
+    assert header.split()[-2:] == ["REVISION", "DETAIL"]
+    hanging_line = next(ln for ln in table if ln.startswith("hanging "))
+    assert revision in hanging_line
+    assert re.search(r"running \d+s, attempt 1, deadline in (59m|1h)", hanging_line)
+    progress = rows["hanging"]["progress"]
+    assert progress["attempt"] == 1 and 0 <= progress["elapsedSeconds"] < 120
+    assert 3480 < progress["deadlineInSeconds"] <= 3600
+    assert progress["startedAt"] and progress["deadline"]
+    assert rows["synced"]["progress"] is None
+    assert {r["revision"] for n, r in rows.items() if n != "after-hanging"} == {revision}
+    assert rows["after-hanging"]["revision"] is None
+
+
+async def test_the_daemon_logs_still_pending_while_an_operation_runs(
+        tmp_path: Path, emulator: RunningEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from integration_support import daemon_settings
+    from structlog.testing import capture_logs
+
+    from reconciler.runtime import daemon as daemon_module
+
+    monkeypatch.setattr(daemon_module, "PROGRESS_EVERY", 0.5)
+    manifests = write_manifests(tmp_path / "m", [manifest("hanging", "hang", timeout="1h")])
+    daemon = daemon_module.Daemon(daemon_settings(manifests, emulator.url, tmp_path / "s.db",
+                                                  once=False))
+    with capture_logs() as events:
+        task = asyncio.create_task(daemon.run())
+        try:
+            for _ in range(200):
+                if sum(e["event"] == "still_pending" for e in events) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            daemon.stop()
+            await asyncio.wait_for(task, 15)
+    lines = [e for e in events if e["event"] == "still_pending"]
+    assert len(lines) >= 2, [e["event"] for e in events]
+    first = lines[0]
+    assert (first["name"], first["attempt"], first["operation_id"]) == (
+        "hanging", 1, op_id(manifests, "hanging"))
+    assert first["message"].startswith("still pending, ")
+    assert re.fullmatch(r"still pending, \d+s elapsed, deadline in (59m|1h)", first["message"])
+    assert 3500 < first["deadline_in"] <= 3600
+
+
+# ------------------------------------------------------------------ flags, variables
+
+
+COMMANDS_WITH_VARIABLES = ("run", "check", "plan", "validate", "status", "history", "retry")
+
+
+def _env_value(action: Any) -> tuple[str, Any]:
+    """A value for the flag's variable, and what the parsed argument must then be."""
+    if action.const is True and action.default in (False, None):
+        return "true", True
+    if action.choices:
+        choice = next(c for c in action.choices if c != action.default)
+        return str(choice), choice
+    kind = getattr(action.type, "__name__", "")
+    if kind == "_seconds":
+        return "7s", 7.0
+    if kind == "_positive_int":
+        return "7", 7
+    if action.type is float:
+        return "7", 7.0
+    if kind == "_output_kind":
+        return "json", "json"
+    return "/from/the/environment", "/from/the/environment"
+
+
+@pytest.mark.parametrize("command", COMMANDS_WITH_VARIABLES)
+def test_every_flag_reads_its_reconciler_variable(command: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: every flag of these commands reads ``RECONCILER_<FLAG>`` (behaviour change:
+    ``RECONCILER_OUTPUT`` did not)."""
+    import argparse
+
+    from reconciler.cli.main import build_parser
+
+    for key in [k for k in os.environ if k.startswith("RECONCILER_")]:
+        monkeypatch.delenv(key)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = [a for a in sub.choices[command]._actions
+             if any(f.startswith("--") for f in a.option_strings) and a.dest != "help"]
+    assert flags
+    positional = {"validate": ["p"], "history": ["x"], "retry": ["x"]}.get(command, [])
+    for action in flags:
+        flag = next(f for f in action.option_strings if f.startswith("--"))
+        variable = "RECONCILER_" + flag[2:].upper().replace("-", "_")
+        value, expected = _env_value(action)
+        assert variable in (action.help or ""), f"{command} {flag}: --help names no variable"
+        monkeypatch.setenv(variable, value)
+        if command == "run" and variable != "RECONCILER_API_URL":
+            monkeypatch.setenv("RECONCILER_API_URL", "https://example.cloud.gooddata.com")
+        args = build_parser().parse_args([command, *positional])
+        assert getattr(args, action.dest) == expected, f"{command} {flag} from {variable}"
+        monkeypatch.delenv(variable)
+        monkeypatch.delenv("RECONCILER_API_URL", raising=False)
+
+
+def test_reconciler_output_json_is_honoured_and_checked(
+        converged: tuple[Path, Path, RunningEmulator]) -> None:
+    manifests, state, _ = converged
+    env = {"RECONCILER_OUTPUT": "json", "RECONCILER_STATE": str(state)}
+    assert {r["name"] for r in json.loads(reconciler("status", env=env).stdout)} == {
+        "alpha", "beta", "gamma"}
+    assert json.loads(reconciler("history", "alpha", env=env).stdout)[0]["attempt"] == 1
+    assert json.loads(reconciler("validate", manifests, env=env).stdout)["valid"] is True
+    assert json.loads(reconciler("plan", "--manifests", manifests, env=env).stdout)[
+        "changes"] == 0
+    bad = reconciler("status", env={**env, "RECONCILER_OUTPUT": "yaml"})
+    assert bad.returncode == 2 and "expected text or json, got 'yaml'" in bad.stderr
+
+
+# ------------------------------------------------------------------ the demo's progress
+
+
+def test_demo_progress_counts_attempts_from_1_and_shows_the_elapsed_time() -> None:
+    import io
+
+    from reconciler.cli.demo import TICK, Progress
+    from reconciler.execution.engine import Transition
+
+    now = [100.0]
+    out = io.StringIO()
+    progress = Progress(out, clock=lambda: now[0])
+
+    def event(state: str, **extra: Any) -> Transition:
+        return Transition(name="job", service="svc", command="reindex", spec_hash="h",
+                          state=state, previous=None, operation_id="op-1", **extra)
+
+    progress(event(S.SUBMITTING, attempt=1))
+    now[0] += 1
+    progress(event(S.PENDING, attempt=1))
+    now[0] += TICK - 1
+    progress.tick()  # not yet: TICK since it was accepted
+    now[0] += 1
+    progress.tick()
+    now[0] += 3
+    progress(event(S.IN_SYNC, attempt=1, duration=8.0))
+    now[0] += TICK
+    progress.tick()  # done: no more lines
+    lines = [" ".join(ln.split()) for ln in out.getvalue().splitlines()]
+    assert lines == [
+        "0.0s job submitting attempt 1, operation op-1",
+        "1.0s job pending",
+        "6.0s job pending still pending, 5s elapsed",
+        "9.0s job in_sync after 8.0s",
+    ]

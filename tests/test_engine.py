@@ -9,6 +9,7 @@ within 100 ms.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -342,11 +343,12 @@ async def test_a_run_refused_for_the_token_waits_instead_of_stalling(tmp_path: P
     with running_emulator(token="right-token") as emu, Store(tmp_path / "s.db") as store:
         async with AiLakeClient(ClientSettings(base_url=emu.url, token="right-token")) as ok:
             engine = Engine(ok, store, clock=clock, settings=settings)
-            for _ in range(20):  # attempt 0 runs and fails (failTimes: 1)
+            for _ in range(100):  # attempt 0 runs and fails (failTimes: 1), in real time
                 await engine.reconcile(load)
                 clock.advance(0.2)
                 if store.intents_named("job")[0].status == "failed":
                     break
+                await asyncio.sleep(0.05)
             assert store.intents_named("job")[0].status == "failed"
             clock.advance(2)  # the retry is due
 
@@ -361,11 +363,12 @@ async def test_a_run_refused_for_the_token_waits_instead_of_stalling(tmp_path: P
 
             engine.client = ok
             clock.advance(6)  # past credentials_retry: look it up (404), then send it
-            for _ in range(20):
+            for _ in range(100):
                 await engine.reconcile(load)
                 clock.advance(0.2)
                 if store.intents_named("job")[0].status == "in_sync":
                     break
+                await asyncio.sleep(0.05)
             assert store.intents_named("job")[0].status == "in_sync"
             assert len(executions(emu.url)) == 2  # attempt 0 failed, attempt 1 succeeded
 

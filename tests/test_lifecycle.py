@@ -8,13 +8,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from reconciler.model.lifecycle import (
+    SETTLED_BAD,
     Accepted,
     Claimed,
     Deferred,
     GaveUp,
     IntentState,
     InvalidTransition,
+    Lost,
     NeverArrived,
+    NotVisible,
     ObservedFailed,
     ObservedPending,
     ObservedSucceeded,
@@ -22,6 +25,7 @@ from reconciler.model.lifecycle import (
     Refused,
     Retired,
     RetryRequested,
+    Revived,
     TimedOut,
     Unresolvable,
     transition,
@@ -198,3 +202,69 @@ def test_transitions_never_change_the_record_they_are_given():
     before = replace(rec)
     transition(rec, ObservedSucceeded("op-0", None), later(5))
     assert rec == before
+
+
+# ------------------------------------------------------------------ accepted is forever
+
+
+def test_a_202_marks_the_attempt_accepted():
+    assert pending().accepted_at == T0
+
+
+def test_a_404_of_an_accepted_operation_keeps_it_pending_and_marks_the_first_miss():
+    step = transition(pending(), NotVisible(later(3)), later(2))
+    assert step.record is not None
+    assert (step.record.status, step.record.missing_since) == (S.PENDING, later(2))
+    again = transition(step.record, NotVisible(later(9)), later(5)).record
+    assert again is not None and again.missing_since == later(2)
+
+
+def test_seeing_the_operation_again_clears_the_miss():
+    missing = transition(pending(), NotVisible(later(3)), later(2)).record
+    seen = transition(missing, ObservedPending("op-0", later(9), 1), later(4)).record
+    assert seen is not None and seen.missing_since is None
+
+
+def test_an_operation_invisible_past_the_tolerance_is_lost_and_alerts_like_stalled():
+    step = transition(pending(), Lost("not found for 600s"), later(700))
+    assert step.record is not None and step.record.status == S.LOST
+    assert step.operation_change is not None
+    assert step.operation_change.status == OperationStatus.LOST
+    assert S.LOST in SETTLED_BAD
+
+
+def test_a_lost_intent_found_again_by_a_last_look_follows_the_server():
+    lost = transition(pending(), Lost("gone"), later(700)).record
+    rec = transition(lost, ObservedSucceeded("op-0", None), later(800)).record
+    assert rec is not None and rec.status == S.IN_SYNC
+
+
+def test_a_lost_intent_may_only_be_retried_by_a_human():
+    lost = transition(pending(), Lost("gone"), later(700)).record
+    with pytest.raises(InvalidTransition):
+        transition(lost, Claimed(INTENT, 1, "op-1", None, "rev"), later(800))
+    rec = transition(lost, RetryRequested(), later(800)).record
+    assert rec is not None and rec.status == S.FAILED
+
+
+def test_an_unknown_server_status_is_recorded_as_it_came():
+    step = transition(pending(), ObservedPending("op-0", later(3), 1, "cancelled"), later(1))
+    assert step.operation_change is not None
+    assert step.operation_change.status == "cancelled"
+    assert step.record is not None and step.record.status == S.PENDING
+
+
+# ------------------------------------------------------------------ compare-and-set
+
+
+def test_every_step_expects_the_version_it_was_computed_from():
+    first = transition(None, Claimed(INTENT, 0, "op-0", None, "rev"), T0)
+    assert (first.expect_version, first.record.version) == (None, 1)
+    second = transition(first.record, Accepted("op-0", later(1)), T0)
+    assert (second.expect_version, second.record.version) == (1, 2)
+
+
+def test_a_retired_intent_asked_for_again_is_revived_in_its_state():
+    retired = transition(stalled(), Retired("superseded"), later(9)).record
+    rec = transition(retired, Revived(), later(10)).record
+    assert rec is not None and (rec.status, rec.retired) == (S.STALLED, None)

@@ -18,7 +18,6 @@ import pytest
 from observability_support import manifest, write_manifests
 from prometheus_client.parser import text_string_to_metric_families
 
-from reconciler import __version__
 from reconciler.ailake.client import RequestRecord
 from reconciler.execution.engine import Transition
 from reconciler.model.lifecycle import (
@@ -36,6 +35,7 @@ from reconciler.observe.metrics import Metrics
 from reconciler.planning.planner import Plan, plan
 from reconciler.source.loader import load_manifests
 from reconciler.store.sqlite import Store
+from reconciler.version import __version__
 
 P = "ailake_reconciler_"
 
@@ -50,18 +50,24 @@ DESIGN_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "command_failed": ("gauge", frozenset({"name", "service", "command"})),
     # beyond DESIGN section 7: lets the stalled alert name the manifest
     "command_stalled": ("gauge", frozenset({"name", "service", "command"})),
+    # beyond DESIGN section 7: an accepted operation the server stopped showing
+    "command_lost": ("gauge", frozenset({"name", "service", "command"})),
     "command_last_success_timestamp_seconds": ("gauge", frozenset({"name"})),
     "api_requests_total": ("counter", frozenset({"endpoint", "method", "code"})),
     "api_request_duration_seconds": ("histogram", frozenset({"endpoint"})),
     "last_successful_reconcile_timestamp_seconds": ("gauge", frozenset()),
     "source_last_success_timestamp_seconds": ("gauge", frozenset()),
     "source_revision_info": ("gauge", frozenset({"revision"})),
+    # beyond DESIGN section 7: the source's health and the manifests that keep their state
+    "source_errors_total": ("counter", frozenset()),
+    "source_empty_withheld": ("gauge", frozenset()),
+    "manifest_invalid": ("gauge", frozenset({"name", "file"})),
     "leader": ("gauge", frozenset()),
     "build_info": ("gauge", frozenset({"version"})),
 }
 INTENT_STATES = {"in_sync", "waiting", "submitting", "pending", "failed", "stalled",
-                 "suspended", "orphaned"}
-OUTCOMES = {"succeeded", "failed", "timed_out"}
+                 "suspended", "orphaned", "lost", "invalid"}
+OUTCOMES = {"succeeded", "failed", "timed_out", "lost"}
 #: the four templated paths of the AI Lake API (spec/ailake-openapi.json)
 ENDPOINTS = {
     ("/api/v1/ailake/services", "GET"),
@@ -208,6 +214,9 @@ def test_every_design_metric_has_its_name_type_and_labels(tmp_path: Path,
     assert ours == {name: kind for name, (kind, _) in DESIGN_METRICS.items()}
     assert set(types) == {P + n for n in ours}, "no metric outside the ailake_reconciler_ prefix"
     for name, (_, labels) in DESIGN_METRICS.items():
+        if name == "manifest_invalid":  # a series only while a manifest is invalid
+            assert label_sets(samples, name) <= {labels}, name
+            continue
         assert label_sets(samples, name) == {labels}, name
     assert not any(n.endswith("_created") for n in samples), "created series are disabled"
     assert value(samples, "build_info", version=__version__) == 1
@@ -376,7 +385,7 @@ def test_intent_states_are_the_enum_in_the_gauges_order() -> None:
     assert all(isinstance(s, IntentState) for s in metrics_module.INTENT_STATES)
     assert list(metrics_module.INTENT_STATES) == [
         "in_sync", "waiting", "submitting", "pending", "failed", "stalled", "suspended",
-        "orphaned"]
+        "orphaned", "lost", "invalid"]
     _, samples = scrape(Metrics())
     assert [lbl["state"] for lbl, _ in samples[P + "intents"]] == list(
         metrics_module.INTENT_STATES)
@@ -438,6 +447,7 @@ def test_label_values_are_bounded_by_the_manifests(tmp_path: Path, store: Store)
         "outcome": OUTCOMES, "state": INTENT_STATES, "result": {"success", "error"},
         "endpoint": {e for e, _ in ENDPOINTS}, "method": {"GET", "POST"},
         "revision": {load.revision}, "version": {__version__},
+        "file": {c.file for c in load.commands},
     }
     _, samples = scrape(metrics)
     for name, rows in samples.items():

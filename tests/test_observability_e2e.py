@@ -204,9 +204,10 @@ def test_logs_are_json_lines_with_one_transition_event_per_transition(
     good = [(e["previous"], e["state"]) for e in transitions if e["name"] == GOOD]
     assert good == [(None, S.SUBMITTING), (S.SUBMITTING, S.PENDING), (S.PENDING, S.IN_SYNC)]
     bad = [(e["previous"], e["state"], e["attempt"]) for e in transitions if e["name"] == BAD]
-    assert bad == [(None, S.SUBMITTING, 0), (S.SUBMITTING, S.PENDING, 0),
-                   (S.PENDING, S.FAILED, 0), (S.FAILED, S.SUBMITTING, 1),
-                   (S.SUBMITTING, S.PENDING, 1), (S.PENDING, S.STALLED, 1)]
+    # attempt numbers are 1-based ("attempt N"), as in every table, JSON and the demo
+    assert bad == [(None, S.SUBMITTING, 1), (S.SUBMITTING, S.PENDING, 1),
+                   (S.PENDING, S.FAILED, 1), (S.FAILED, S.SUBMITTING, 2),
+                   (S.SUBMITTING, S.PENDING, 2), (S.PENDING, S.STALLED, 2)]
     revisions = {e["revision"] for e in events if e["event"] == "manifests_loaded"}
     assert len(revisions) == 1
     for e in transitions:

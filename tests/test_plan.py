@@ -44,10 +44,11 @@ from plan_support import (
 )
 
 import reconciler.planning
+from reconciler.errors import Problem
 from reconciler.model.identity import operation_id
 from reconciler.model.lifecycle import IntentState
-from reconciler.model.manifest import Interval, Once, Schedule
-from reconciler.planning.planner import CHANGE_KINDS, Action, Limits, desired_intent
+from reconciler.model.manifest import Hold, HoldReason, Interval, Once, Schedule
+from reconciler.planning.planner import CHANGE_KINDS, Action, Limits, desired_intent, plan
 
 A = command("a")
 
@@ -808,3 +809,138 @@ def test_a_succeeded_once_intent_is_never_resubmitted_later(scenario, later_hour
     done = recorded(*(record(c, IntentState.IN_SYNC, now=now) for c in once))
     result = planned(once, done, now + hours(later_hours), limits)
     assert [a.kind for a in result.actions] == ["noop"] * len(once)
+
+
+# ------------------------------------------------------------------ held manifests
+
+
+def _hold(name: str, reason: HoldReason = HoldReason.INVALID) -> Hold:
+    problem = (Problem(f"{name}.yaml", 7, name, "spec.command: is required")
+               if reason in (HoldReason.INVALID, HoldReason.BROKEN_FILE) else None)
+    return Hold(name, reason, problem, f"invalid: {problem}; its last valid intent is kept"
+                if problem else "kept as it is")
+
+
+def test_an_invalid_manifest_keeps_its_record_nothing_is_sent_and_it_is_not_orphaned():
+    rec = stalled(A, at=T0 - minutes(5))
+    result = plan([], recorded(rec), T0, held={"a": _hold("a")})
+    assert result.actions == ()
+    v = view(result, "a")
+    assert (v.state, v.spec_hash, v.settled) == (IntentState.INVALID, rec.spec_hash, True)
+    assert "a.yaml:7" in v.reason and "spec.command: is required" in v.reason
+
+
+def test_a_failed_intent_of_an_invalid_manifest_is_not_retried():
+    rec = failed(A, at=T0 - minutes(5), retry_at=T0 - minutes(1))
+    result = plan([], recorded(rec), T0, held={"a": _hold("a")})
+    assert result.actions == ()
+    assert view(result, "a").state == IntentState.INVALID
+
+
+def test_an_in_flight_intent_of_an_invalid_manifest_is_still_followed_never_resent():
+    rec = pending(A, at=T0 - hours(5), poll_at=T0)
+    result = plan([], recorded(rec), T0, held={"a": _hold("a")})
+    assert kinds(result) == [("poll", "a")]  # never timed out, never orphaned
+    v = view(result, "a")
+    assert v.state == IntentState.INVALID and not v.settled
+    lookup = submitting(A, at=T0 - seconds(30))
+    result = plan([], recorded(lookup), T0, held={"a": _hold("a")})
+    (action,) = result.actions
+    assert action.kind == "resolve" and action.may_submit is False
+
+
+def test_an_invalid_manifest_never_recorded_shows_invalid_without_any_action():
+    result = plan([], {}, T0, held={"a": _hold("a")})
+    assert result.actions == ()
+    v = view(result, "a")
+    assert (v.state, v.spec_hash, v.settled) == (IntentState.INVALID, None, True)
+
+
+def test_a_manifest_held_by_an_untrusted_source_shows_its_recorded_state():
+    for reason in (HoldReason.UNCLEAN_SOURCE, HoldReason.EMPTY_SOURCE):
+        rec = in_sync(A, at=T0 - minutes(5))
+        result = plan([], recorded(rec), T0, held={"a": _hold("a", reason)})
+        assert result.actions == ()
+        assert (view(result, "a").state, view(result, "a").reason) == (
+            IntentState.IN_SYNC, "kept as it is")
+        # never recorded: nothing to keep, nothing shown
+        assert plan([], {}, T0, held={"a": _hold("a", reason)}).views == ()
+
+
+def test_a_held_name_that_is_valid_now_is_planned_as_usual():
+    rec = in_sync(A, at=T0 - minutes(5))
+    changed = command("a", payload={"new": 1})
+    result = plan([changed], recorded(rec), T0, held={"a": _hold("a")})
+    assert kinds(result) == [("submit", "a"), ("orphan", "a")]  # superseded, as without held
+    assert view(result, "a").state == IntentState.SUBMITTING
+
+
+def test_held_manifests_leave_the_others_alone():
+    b = command("b")
+    result = plan([], recorded(in_sync(A, at=T0 - minutes(5)), in_sync(b, at=T0 - minutes(5))),
+                  T0, held={"a": _hold("a")})
+    assert kinds(result) == [("orphan", "b")]
+    assert view(result, "a").state == IntentState.INVALID
+    assert view(result, "b").state == IntentState.ORPHANED
+
+
+def test_a_held_manifest_with_two_live_records_shows_the_latest():
+    old = pending(A, at=T0 - minutes(10), poll_at=T0)
+    new = stalled(command("a", payload={"v": 2}), at=T0 - minutes(1))
+    result = plan([], recorded(old, new), T0, held={"a": _hold("a")})
+    assert kinds(result) == [("poll", "a")]
+    assert view(result, "a").spec_hash == new.spec_hash
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.data())
+def test_held_manifests_are_never_orphaned_nor_sent_anything_new(scenario, data):
+    """Whichever manifests are held (invalid now, or dropped from the desired set while the
+    source is not trusted), their records get no orphan, submit or retry action, what is in
+    flight is still followed, and every held name with a record has one view."""
+    cmds, records, now, limits = scenario
+    names = sorted({c.name for c in cmds} | {r.name for r in records.values()})
+    held_names = data.draw(st.lists(st.sampled_from(names), unique=True))
+    reasons = data.draw(st.lists(st.sampled_from(list(HoldReason)), min_size=len(held_names),
+                                 max_size=len(held_names)))
+    held = {n: _hold(n, r) for n, r in zip(held_names, reasons, strict=True)}
+    desired = [c for c in cmds if c.name not in held]  # a held name is not valid now
+    result = plan(desired, records, now, limits=limits, held=held)
+    for a in result.actions:
+        if a.name in held:
+            assert a.kind in ("poll", "resolve", "noop"), a
+            assert not may_post(a)
+    for name in held:
+        live = [r for r in records.values() if r.name == name and r.retired is None]
+        views = [v for v in result.views if v.name == name]
+        if live:
+            (v,) = views
+            assert v.state in (IntentState.INVALID, *{r.status for r in live})
+            assert v.settled == (not any(r.in_flight for r in live))
+            for rec in live:
+                if rec.in_flight:
+                    assert [a.kind for a in result.actions if a.spec_hash == rec.spec_hash]
+        else:
+            assert len(views) == (1 if held[name].shows_invalid else 0)
+    assert plan(desired, records, now, limits=limits, held=held) == result
+
+
+def test_a_failed_dependent_of_a_stalled_dependency_is_stalled_and_settled():
+    """Found in the redesign: it used to wait as 'failed', unsettled, with no wake-up, so
+    ``run --once`` waited until its own deadline."""
+    root = command("root")
+    child = command("child", depends_on=["root"])
+    result = planned([root, child], recorded(
+        stalled(root, at=T0 - minutes(5)),
+        failed(child, at=T0 - minutes(5), retry_at=T0 - seconds(1))))
+    assert only(result, "child").kind == "wait-dependency"
+    assert (view(result, "child").state, view(result, "child").settled) == (
+        IntentState.STALLED, True)
+
+
+def test_a_lost_intent_is_settled_and_never_retried_by_itself():
+    job = command("job")
+    rec = replace(stalled(job, at=T0 - minutes(5)), status=IntentState.LOST)
+    result = planned([job], recorded(rec))
+    assert only(result, "job").kind == "noop"
+    assert (view(result, "job").state, view(result, "job").settled) == (IntentState.LOST, True)

@@ -278,3 +278,86 @@ def test_the_daemon_writes_only_json_lines_even_for_its_http_server(tmp_path: Pa
             daemon.stop()
     assert daemon.stderr_path.read_text(encoding="utf-8") == ""
     daemon.json_lines()  # every line parses
+
+
+# ---------------------------------------------------------------- a server echoing the token
+
+
+ECHO_CONFIG = {"services": [{"id": SERVICE, "name": "alpha", "commands": {
+    "ok": {"duration": "200ms"},
+    "bad": {"duration": "100ms", "fail": True},
+}}], "faults": {"echoAuthorization": True}}
+BIG = "unknown-command"
+
+
+def _cli(*args: str | Path, env: dict[str, str]) -> tuple[int, str]:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "reconciler", *map(str, args)],
+                          capture_output=True, text=True, timeout=60, env=env, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_server_echoing_the_authorization_header_leaks_it_nowhere(tmp_path: Path) -> None:
+    """The emulator's ``echoAuthorization`` puts ``Bearer <token>`` into every problem
+    detail (the 404 of an unknown command's run, every 404 of a probe) and into a failed
+    operation's ``error.detail``. None of it may reach the store file, ``/status``,
+    ``/metrics``, any CLI output or the logs: the one scrubber runs before anything is
+    stored, logged or served."""
+    manifests = write_manifests(tmp_path / "manifests", [
+        manifest(GOOD, SERVICE, "ok"), manifest(BAD, SERVICE, "bad"),
+        manifest(BIG, SERVICE, "missing")])  # the run POST answers 404 problem+json
+    state = tmp_path / "daemon" / "state.db"
+    env = daemon_env(RECONCILER_API_TOKEN=TOKEN, RECONCILER_WEBHOOK_SECRET=WEBHOOK_SECRET,
+                     RECONCILER_LOG_LEVEL="debug")
+    emulator = start_background(EmulatorConfig.from_dict(ECHO_CONFIG, source="echo"),
+                                token=TOKEN)
+    with emulator:
+        daemon = start_daemon(tmp_path / "daemon", manifests=manifests, api_url=emulator.url,
+                              env=env, interval="60s")
+        try:
+            def settled() -> bool:
+                status = httpx.get(daemon.url + "/status", timeout=5).json()
+                return {i["name"]: i["state"] for i in status["intents"]} == {
+                    GOOD: "in_sync", BAD: "stalled", BIG: "stalled"}
+
+            wait_for(settled, timeout=30, what="all three settled", diagnose=daemon.tail)
+            served = httpx.get(daemon.url + "/status", timeout=5)
+            places: dict[str, str | bytes] = {
+                "/status": served.text,
+                "/metrics": httpx.get(daemon.url + "/metrics", timeout=5).text,
+                "/readyz": httpx.get(daemon.url + "/readyz", timeout=5).text,
+                "/healthz": httpx.get(daemon.url + "/healthz", timeout=5).text,
+            }
+        finally:
+            daemon.stop()
+        # the CLI, reading the store the daemon wrote (and talking to the echoing API)
+        cli_env = daemon_env(RECONCILER_API_TOKEN=TOKEN)
+        commands: list[tuple[str | Path, ...]] = [
+            ("status", "--state", state), ("status", "--state", state, "-o", "json"),
+            ("status", "--state", state, "--manifests", manifests, "-o", "json"),
+            ("history", BAD, "--state", state), ("history", BAD, "--state", state, "-o", "json"),
+            ("history", BIG, "--state", state, "-o", "json"),
+            ("plan", "--manifests", manifests, "--state", state, "-o", "json",
+             "--api-url", emulator.url),
+            ("store", "check", "--state", state),
+            ("store", "copy", "--from", state, "--to", tmp_path / "copy.db"),
+        ]
+        outputs = {" ".join(map(str, c[:2])) + f" #{i}": _cli(*c, env=cli_env)
+                   for i, c in enumerate(commands)}
+    for name, (code, text) in outputs.items():
+        assert code in (0, 1, 2), f"{name}: {text}"
+        places[f"reconciler {name}"] = text
+    places["daemon output"] = daemon.output()
+    places["state files"] = _state_bytes(daemon)
+    places["copied store"] = (tmp_path / "copy.db").read_bytes()
+    # the echo really happened, and was replaced
+    rows = {i["name"]: i for i in served.json()["intents"]}
+    assert "request Authorization" in rows[BAD]["error"]["detail"]
+    assert logs.REDACTED in rows[BAD]["error"]["detail"]
+    assert logs.REDACTED in rows[BIG]["error"]["detail"]
+    _assert_absent({"API token": TOKEN, "webhook secret": WEBHOOK_SECRET}, places)
+    for place, content in places.items():
+        text = content.decode("latin-1") if isinstance(content, bytes) else content
+        assert "Bearer tok-" not in text, f"a bearer value leaked into {place}"

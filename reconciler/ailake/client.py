@@ -43,14 +43,25 @@ Error classes raised (all from :mod:`reconciler.errors`, chosen by its
 Secrecy: the API token lives only in the ``Authorization`` header of the underlying
 ``httpx.AsyncClient``. It is not in any ``repr``, exception message, exception body,
 log line or :class:`RequestRecord`; every text taken from the server or from ``httpx``
-is scrubbed of it before it is stored in an exception.
+goes through the one scrubber (:mod:`reconciler.model.scrub`: the token, every secret
+registered with it, bearer-looking values) before it is put in an exception or an
+:class:`Operation`.
+
+Bounds: every answer body is read up to ``max_response_bytes`` (1 MiB by default): a
+``Content-Length`` above it is refused before a byte of the body is read, a longer body
+(chunked, or compressed: decoding stops there too) is cut there and the connection
+dropped. Such an answer is an error naming its size (a 2xx to a GET: transient, as any
+answer that is not our JSON; a non-2xx: classified by its status as always; the 2xx of a
+run POST is accepted, its body is not needed), and nothing of the body is kept. One
+attempt, from sending to the last byte of the answer, takes at most ``pool_timeout +
+connect_timeout + 2 * timeout`` seconds (a fenced POST: ``within``), however slowly a
+server drips its answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -60,10 +71,16 @@ from typing import Any
 import httpx
 import structlog
 
-from reconciler import __version__
 from reconciler.ailake.failures import Failures
-from reconciler.ailake.ratelimit import TokenBucket
+from reconciler.ailake.ratelimit import (
+    AIMD_DEFAULT_CEILING,
+    AIMD_DEFAULT_START,
+    AdaptiveLimiter,
+    TokenBucket,
+)
 from reconciler.ailake.responses import (
+    ACCEPTED_ENCODINGS,
+    MAX_RESPONSE_BYTES,
     Operation,
     OperationFailure,
     RunAccepted,
@@ -74,15 +91,12 @@ from reconciler.ailake.responses import (
     run_accepted,
     segment,
 )
-from reconciler.errors import (
-    IDEMPOTENT_METHODS,
-    ApiError,
-    ConfigError,
-    OutcomeKind,
-    classify,
-)
+from reconciler.ailake.transport import RequestRecord, Transport
+from reconciler.errors import ConfigError
+from reconciler.version import __version__
 
 __all__ = [
+    "AdaptiveLimiter",
     "AiLakeClient",
     "ClientSettings",
     "Operation",
@@ -105,16 +119,6 @@ MAX_PAGES = 10_000
 
 
 @dataclass(frozen=True)
-class RequestRecord:
-    """One HTTP attempt, for metrics: templated endpoint, method, status code or "error"."""
-
-    endpoint: str
-    method: str
-    code: str
-    duration: float
-
-
-@dataclass(frozen=True)
 class ClientSettings:
     """Connection, retry and rate-limit settings. ``token`` is never shown by ``repr``."""
 
@@ -126,11 +130,21 @@ class ClientSettings:
     ca_file: str | None = None
     verify: bool = True
     max_connections: int = 32
+    #: requests per second at most (None: no limit); with ``adaptive_rate``, where the
+    #: adaptive limiter starts (None: ``AIMD_DEFAULT_START``)
     rate_limit: float | None = None
+    #: adapt the rate to the API (AIMD, :class:`~reconciler.ailake.ratelimit.AdaptiveLimiter`):
+    #: grow while answers are fast and ``X-RateLimit-Remaining`` is high, halve on a 429
+    #: (honouring ``Retry-After``), back off when answers get slow
+    adaptive_rate: bool = False
+    #: the most an adaptive rate grows to (None: ``AIMD_DEFAULT_CEILING``)
+    rate_ceiling: float | None = None
     get_retries: int = 5
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
     post_retries: int = 3
+    #: the largest answer body read; a larger one is an error (nothing of it kept)
+    max_response_bytes: int = MAX_RESPONSE_BYTES
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -152,10 +166,14 @@ class ClientSettings:
             raise ConfigError("backoff_base must be >= 0")
         if self.max_connections < 1:
             raise ConfigError("max_connections must be >= 1")
+        if self.max_response_bytes < 1024:
+            raise ConfigError("max_response_bytes must be >= 1024")
         if self.get_retries < 0 or self.post_retries < 0:
             raise ConfigError("get_retries and post_retries must be >= 0")
         if self.rate_limit is not None and not self.rate_limit > 0:
             raise ConfigError("rate_limit must be > 0 requests per second")
+        if self.rate_ceiling is not None and not self.rate_ceiling > 0:
+            raise ConfigError("rate_ceiling must be > 0 requests per second")
 
     def tls_verify(self) -> ssl.SSLContext | bool:
         """What ``httpx`` verifies the server with; ConfigError if the CA file is bad."""
@@ -191,14 +209,17 @@ class AiLakeClient:
         self._failures = Failures(settings.token)
         self._observer = observer
         self._sleep = sleep
-        self._bucket = (
-            TokenBucket(settings.rate_limit, sleep=sleep, clock=clock)
-            if settings.rate_limit is not None
-            else None
-        )
+        self._bucket: TokenBucket | None = None
+        if settings.adaptive_rate:
+            start = settings.rate_limit or AIMD_DEFAULT_START
+            ceiling = max(start, settings.rate_ceiling or AIMD_DEFAULT_CEILING)
+            self._bucket = AdaptiveLimiter(start, ceiling=ceiling, sleep=sleep, clock=clock)
+        elif settings.rate_limit is not None:
+            self._bucket = TokenBucket(settings.rate_limit, sleep=sleep, clock=clock)
         headers = {
             "User-Agent": f"ailake-reconciler/{__version__}",
             "Accept": "application/json",
+            "Accept-Encoding": ACCEPTED_ENCODINGS,
         }
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
@@ -216,6 +237,8 @@ class AiLakeClient:
             transport=transport,
             follow_redirects=False,
         )
+        self._transport = Transport(settings, self._http, self._failures, bucket=self._bucket,
+                                    observer=observer, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"AiLakeClient(base_url={self.settings.base_url!r})"
@@ -228,6 +251,11 @@ class AiLakeClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    @property
+    def rate_limit(self) -> float | None:
+        """Requests per second allowed now (adaptive: as it stands; None: no limit)."""
+        return self._bucket.current_rate if self._bucket is not None else None
 
     # ----------------------------------------------------------------- public API
 
@@ -283,22 +311,26 @@ class AiLakeClient:
         operation_id: str,
         payload: Mapping[str, Any] | None,
         context: Mapping[str, str | None] | None,
+        within: float | None = None,
     ) -> RunAccepted:
         """POST a run with our ``operation-id``; see the module docstring for the errors.
 
         A 409 raises :class:`OutcomeUnknownError`: an operation with this id already
         exists (maybe ours, from an earlier POST whose answer was lost; maybe with another
         body). Only ``GET /operations/{id}`` can tell, and that is the engine's job.
+        ``within``: the request must end within this many seconds (a leader's lease): one
+        attempt, its timeout capped to it, no retry inside the call.
         """
         path = f"/api/v1/ailake/services/{segment(service_id)}/commands/{segment(command)}/run"
-        response = await self._request(
+        response = await self._transport.request(
             "POST",
             EP_RUN,
             path,
-            retries=self.settings.post_retries,
+            retries=self.settings.post_retries if within is None else 0,
             content=_run_body(payload, context),
             headers={"operation-id": operation_id, "Content-Type": "application/json"},
             operation_id=operation_id,
+            read_within=None if within is None else min(within, self.settings.timeout),
         )
         return run_accepted(response, operation_id)
 
@@ -327,7 +359,7 @@ class AiLakeClient:
     ) -> httpx.Response:
         """GET with retries of every transient failure; returns a 2xx JSON object (or an
         allowed 404)."""
-        return await self._request(
+        return await self._transport.request(
             "GET",
             endpoint,
             path,
@@ -336,121 +368,6 @@ class AiLakeClient:
             json_body=True,
             allow_404=allow_404,
         )
-
-    async def _request(
-        self,
-        method: str,
-        endpoint: str,
-        path: str,
-        *,
-        retries: int,
-        params: Mapping[str, str | int] | None = None,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-        json_body: bool = False,
-        allow_404: bool = False,
-        operation_id: str = "",
-    ) -> httpx.Response:
-        """Send until an answer is accepted (see :meth:`_failure`) or the failure is not
-        worth another try (see :meth:`_retry_wait`), which is then raised."""
-        retry = 0
-        while True:
-            cause: Exception | None = None
-            try:
-                response = await self._attempt(
-                    method, endpoint, path, params=params, content=content, headers=headers
-                )
-            except (httpx.TransportError, httpx.DecodingError) as exc:
-                cause = exc
-                error = self._failures.no_answer(
-                    method, path, exc, attempts=retry + 1, operation_id=operation_id
-                )
-            else:
-                failure = self._failure(
-                    method, path, response, json_body=json_body, allow_404=allow_404,
-                    operation_id=operation_id,
-                )
-                if failure is None:
-                    return response
-                error = failure
-            wait = self._retry_wait(error, retry, retries)
-            if wait is None:
-                raise error from cause
-            await self._sleep(wait)
-            retry += 1
-
-    def _failure(
-        self,
-        method: str,
-        path: str,
-        response: httpx.Response,
-        *,
-        json_body: bool,
-        allow_404: bool,
-        operation_id: str,
-    ) -> ApiError | None:
-        """None for an answer to return, else the error it is (classified)."""
-        code = response.status_code
-        if 200 <= code < 300 or (allow_404 and code == 404):
-            if code == 404 or not json_body or json_object(response) is not None:
-                return None
-            # A 200 that is not our JSON (an HTML page from a proxy, a truncated
-            # body): transient by assumption, retried like a 503.
-            return self._failures.bad_answer(method, path, response, "answer is not a JSON object")
-        return self._failures.refused(method, path, response, operation_id=operation_id)
-
-    def _retry_wait(self, error: ApiError, retry: int, retries: int) -> float | None:
-        """The backoff before trying again after ``error``, or None to raise it."""
-        outcome = classify(error)
-        if outcome.kind is not OutcomeKind.TRANSIENT or retry >= retries:
-            return None
-        if error.method not in IDEMPOTENT_METHODS and not outcome.unsent:
-            return None  # a POST that may have run is never sent again
-        if outcome.delay is not None and outcome.delay > self.settings.backoff_cap:
-            # The server asks for a longer wait than we would sleep inside one call:
-            # hand it to the engine with the delay.
-            return None
-        return self._backoff(retry, outcome.delay)
-
-    async def _attempt(
-        self,
-        method: str,
-        endpoint: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int] | None = None,
-        content: bytes | None = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        """One HTTP attempt: rate limit, send, read the whole body, report to the observer."""
-        if self._bucket is not None:
-            await self._bucket.acquire()
-        started = time.perf_counter()
-        code = "error"
-        try:
-            response = await self._http.request(
-                method, path, params=params, content=content, headers=headers
-            )
-            code = str(response.status_code)
-            return response
-        finally:
-            self._observe(RequestRecord(endpoint, method, code, time.perf_counter() - started))
-
-    def _observe(self, record: RequestRecord) -> None:
-        if self._observer is None:
-            return
-        try:
-            self._observer(record)
-        except Exception as exc:  # a metrics bug must not break API calls
-            log.warning("request observer failed", error=type(exc).__name__)
-
-    def _backoff(self, retry: int, server_delay: float | None) -> float:
-        """Full jitter over ``min(cap, base * 2**retry)``, never below the server's delay."""
-        ceiling = min(self.settings.backoff_cap, self.settings.backoff_base * 2.0**retry)
-        delay = random.uniform(0.0, ceiling)
-        if server_delay is not None:
-            delay = max(delay, server_delay)
-        return delay
 
     def _require_object(self, response: httpx.Response, method: str, path: str) -> dict[str, Any]:
         body = json_object(response)

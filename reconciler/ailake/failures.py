@@ -3,7 +3,9 @@
 The kind of every failure comes from :func:`reconciler.errors.classify_status` (an HTTP
 answer) or :func:`reconciler.errors.classify_transport` (no answer, after
 :func:`transport_failure` has said which kind of no-answer an ``httpx`` error is); this
-module only picks the exception class for that kind and writes the message.
+module only picks the exception class for that kind and writes the message. Every text
+taken in (the server's problem details and body, ``httpx``'s messages) goes through the one
+scrubber (:func:`reconciler.model.scrub.text`, with the token) first.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from reconciler.ailake.responses import problem_details, server_delay
+from reconciler.ailake.responses import oversize_marker, problem_details, server_delay
 from reconciler.errors import (
     IDEMPOTENT_METHODS,
     ApiError,
@@ -25,12 +27,14 @@ from reconciler.errors import (
     classify_status,
     classify_transport,
 )
+from reconciler.model import scrub as scrubber
 
-__all__ = ["BODY_LIMIT", "Failures", "transport_failure"]
+__all__ = ["BODY_LIMIT", "TEXT_LIMIT", "Failures", "transport_failure"]
 
 #: How much of an error response body is kept in ``ApiError.body``.
 BODY_LIMIT = 2000
-_REDACTED = "***"
+#: How much of the server's problem title, detail or trace id is kept (each).
+TEXT_LIMIT = 1000
 
 _ERROR_CLASS: dict[OutcomeKind, type[ApiError]] = {
     OutcomeKind.TERMINAL: PermanentError,
@@ -77,9 +81,8 @@ class Failures:
         self._token = token
 
     def scrub(self, text: str) -> str:
-        if self._token:
-            text = text.replace(self._token, _REDACTED)
-        return text
+        """``text`` through the one scrubber, the token included."""
+        return scrubber.text(text, (self._token,))
 
     def refused(
         self, method: str, path: str, response: httpx.Response, *, operation_id: str = ""
@@ -110,6 +113,14 @@ class Failures:
         why = f"{why} (content-type {response.headers.get('content-type', 'none')!r})"
         return self._http_error(OutcomeKind.TRANSIENT, method, path, response, why, "")
 
+    def too_large(self, method: str, path: str, response: httpx.Response) -> ApiError:
+        """A 2xx whose body is longer than the client reads: transient (a proxy's page, a
+        glitch), and nothing of it is kept beyond its size."""
+        why = (f"answer too large: body {response.extensions.get('reconciler.oversize')}; "
+               "nothing of it was kept (raise ClientSettings.max_response_bytes if the "
+               "server's answers really are this large)")
+        return self._http_error(OutcomeKind.TRANSIENT, method, path, response, why, "")
+
     def no_answer(
         self, method: str, path: str, exc: Exception, *, attempts: int, operation_id: str = ""
     ) -> ApiError:
@@ -137,7 +148,7 @@ class Failures:
         operation_id: str,
     ) -> ApiError:
         title, detail, trace = (
-            self.scrub(text) if text else None for text in problem_details(response)
+            self.scrub(_clip(text)) if text else None for text in problem_details(response)
         )
         code = response.status_code
         parts = [f"{method} {path} -> {code}: {why}"]
@@ -145,6 +156,9 @@ class Failures:
             parts.append(" - ".join(p for p in (title, detail) if p))
         if trace:
             parts.append(f"traceId={trace}")
+        marker = oversize_marker(response)
+        if marker is not None and "answer too large" not in why:
+            parts.append(marker)
         return _error(
             kind,
             self.scrub("; ".join(parts)),
@@ -161,10 +175,18 @@ class Failures:
         )
 
     def _body_text(self, response: httpx.Response) -> str:
+        marker = oversize_marker(response)
+        if marker is not None:
+            return marker
         text = response.content[: BODY_LIMIT * 4].decode("utf-8", errors="replace")
         if len(text) > BODY_LIMIT:
             text = text[:BODY_LIMIT] + "...(truncated)"
         return self.scrub(text)
+
+
+def _clip(text: str, limit: int = TEXT_LIMIT) -> str:
+    """``text`` cut to ``limit`` characters (marked)."""
+    return text if len(text) <= limit else text[:limit] + "...(truncated)"
 
 
 def _error(

@@ -3,6 +3,13 @@
 Every parser here is total: a malformed field becomes a neutral value (``""``, ``0``,
 ``None``) or a ``None`` result the client turns into a :class:`TemporaryError`; none of
 them raises. Nothing here sends a request or knows the token.
+
+Bounds: an answer body is read up to :data:`MAX_RESPONSE_BYTES` (the client's
+``max_response_bytes``) and decoded (gzip, deflate) by :func:`decode_body` up to the same
+bound, so a hostile or broken server (a 100 MB body, a gzip bomb) costs at most that much
+memory; a larger answer is :data:`OVERSIZE` (the client turns it into an error naming its
+size, and keeps nothing of it). The texts taken from an operation (``error``, ``result``)
+are scrubbed of secrets (:mod:`reconciler.model.scrub`) when parsed.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import email.utils
 import json
 import math
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +26,22 @@ from urllib.parse import quote
 
 import httpx
 
+from reconciler.model import scrub
+
 __all__ = [
+    "ACCEPTED_ENCODINGS",
+    "MAX_ID_LENGTH",
+    "MAX_RESPONSE_BYTES",
+    "MAX_SERVER_DELAY",
+    "OVERSIZE",
     "Operation",
     "OperationFailure",
     "RunAccepted",
     "ServiceInfo",
     "ServicesPage",
+    "decode_body",
     "json_object",
+    "oversize_marker",
     "parse_operation",
     "parse_services_page",
     "problem_details",
@@ -89,6 +106,53 @@ class ServicesPage:
     number: int | None
 
 
+#: the longest operation id taken from a server's answer
+MAX_ID_LENGTH = 256
+#: the longest wait a server may ask for (seconds); a longer one is cut to this
+MAX_SERVER_DELAY = 3600.0
+#: the largest answer body read (and, decoded, kept), unless the client is configured
+#: otherwise (``ClientSettings.max_response_bytes``)
+MAX_RESPONSE_BYTES = 1024 * 1024
+#: what the client asks the server to compress with; anything else is undecodable
+ACCEPTED_ENCODINGS = "gzip, deflate"
+#: the key of ``httpx.Response.extensions`` where the client notes an answer it cut: the
+#: size it had (or "more than N bytes")
+OVERSIZE = "reconciler.oversize"
+
+
+def oversize_marker(response: httpx.Response) -> str | None:
+    """``"<answer body of N bytes not kept (limit L bytes)>"`` for an answer the client
+    cut at its limit, else None."""
+    note = response.extensions.get(OVERSIZE)
+    return f"<answer body {note} not kept>" if isinstance(note, str) else None
+
+
+def decode_body(raw: bytes, encoding: str | None, *, limit: int) -> bytes | None:
+    """``raw`` decoded by its ``Content-Encoding`` (identity, gzip, deflate; a chain of
+    them), or None when decoded it is longer than ``limit`` bytes (a gzip bomb is stopped
+    there). ValueError for an encoding not asked for, or data that does not decode."""
+    codings = [c.strip().lower() for c in (encoding or "").split(",") if c.strip()]
+    data = raw
+    for coding in reversed(codings):  # the last applied is listed last
+        if coding == "identity":
+            continue
+        if coding in ("gzip", "x-gzip"):
+            wbits = 16 + zlib.MAX_WBITS
+        elif coding == "deflate":
+            wbits = zlib.MAX_WBITS if data[:1] == b"\x78" else -zlib.MAX_WBITS
+        else:
+            raise ValueError(f"content-encoding {coding!r} was not asked for")
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(data, limit + 1)
+        except zlib.error as exc:
+            raise ValueError(f"{coding} data does not decode: {exc}") from None
+        if len(out) > limit or inflater.unconsumed_tail:
+            return None
+        data = out
+    return data
+
+
 def segment(value: str) -> str:
     """One URL path segment, percent-encoded (a '/' in an id stays inside the segment)."""
     return quote(value, safe="")
@@ -98,7 +162,7 @@ def json_object(response: httpx.Response) -> dict[str, Any] | None:
     """The body as a JSON object, or None (not JSON, not UTF-8, or not an object)."""
     try:
         data = json.loads(response.content)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: [[[[…]]]]
         return None
     return data if isinstance(data, dict) else None
 
@@ -111,12 +175,20 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def run_accepted(response: httpx.Response, operation_id: str) -> RunAccepted:
-    """A 2xx to a run POST; the headers may be missing (then our own id is the one)."""
-    accepted_id = response.headers.get("operation-id") or operation_id
-    location = response.headers.get("operation-location") or (
-        f"/api/v1/ailake/operations/{segment(accepted_id)}"
-    )
+    """A 2xx to a run POST; the headers may be missing (then our own id is the one), and
+    an ``operation-id`` that is no plausible id (longer than :data:`MAX_ID_LENGTH`, or
+    with spaces or control characters) is ignored as if missing."""
+    given = response.headers.get("operation-id")
+    accepted_id = given if given and _plausible_id(given) else operation_id
+    location = response.headers.get("operation-location")
+    if (not location or len(location) > 4 * MAX_ID_LENGTH
+            or (bool(given) and given != accepted_id)):
+        location = f"/api/v1/ailake/operations/{segment(accepted_id)}"
     return RunAccepted(operation_id=accepted_id, location=location)
+
+
+def _plausible_id(value: str) -> bool:
+    return len(value) <= MAX_ID_LENGTH and value.isprintable() and " " not in value
 
 
 def parse_services_page(body: Mapping[str, Any]) -> ServicesPage | None:
@@ -176,7 +248,7 @@ def parse_operation(body: Mapping[str, Any], operation_id: str) -> Operation | N
         id=op_id if isinstance(op_id, str) and op_id else operation_id,
         kind=kind if isinstance(kind, str) else "",
         status=status,
-        result=result if isinstance(result, dict) else None,
+        result=scrub.value(result) if isinstance(result, dict) else None,
         error=error,
         raw=body,
     )
@@ -189,9 +261,9 @@ def _operation_failure(raw: Mapping[str, Any]) -> OperationFailure:
     if isinstance(status, str) and status.isdigit():
         status = int(status)
     return OperationFailure(
-        title=title if isinstance(title, str) else "",
+        title=scrub.text(title) if isinstance(title, str) else "",
         status=status if isinstance(status, int) and not isinstance(status, bool) else 0,
-        detail=detail if isinstance(detail, str) else "",
+        detail=scrub.text(detail) if isinstance(detail, str) else "",
     )
 
 
@@ -230,12 +302,17 @@ def _parse_delay(value: str | None, *, now: float) -> float | None:
 
 
 def server_delay(response: httpx.Response, *, now: float | None = None) -> float | None:
-    """The wait the server asked for: ``Retry-After``, else ``X-RateLimit-Reset``.
+    """The wait the server asked for: ``Retry-After``, else ``X-RateLimit-Reset``, at most
+    :data:`MAX_SERVER_DELAY` (a hostile ``Retry-After: 1e308`` waits an hour, not forever).
 
     ``X-RateLimit-Reset`` is delta-seconds in the IETF draft but an epoch timestamp at
     some providers; a value above 10**9 is read as an epoch timestamp.
     """
-    now = time.time() if now is None else now
+    delay = _server_delay(response, now=time.time() if now is None else now)
+    return None if delay is None else min(delay, MAX_SERVER_DELAY)
+
+
+def _server_delay(response: httpx.Response, *, now: float) -> float | None:
     delay = _parse_delay(response.headers.get("retry-after"), now=now)
     if delay is not None:
         return delay

@@ -13,27 +13,28 @@ import asyncio
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from reconciler.ailake.client import AiLakeClient
 from reconciler.errors import ApiError
-from reconciler.execution.protocol import Protocol
+from reconciler.execution.protocol import Fence, Protocol
+from reconciler.execution.timing import Durations, Timers, TimingSettings
 from reconciler.model.lifecycle import (
     Event,
     GaveUp,
     Retired,
     RetryRequested,
-    TimedOut,
+    Revived,
     transition,
 )
 from reconciler.model.lifecycle import Transition as Transition
 from reconciler.model.manifest import LoadResult
-from reconciler.model.records import IntentRecord
-from reconciler.model.states import SETTLED_BAD
+from reconciler.model.records import Epoch, IntentRecord
+from reconciler.model.states import SETTLED_BAD, IntentState, OperationStatus
 from reconciler.planning.planner import Action, Desired, Limits, Plan, plan
-from reconciler.store.sqlite import Store
+from reconciler.store.protocol import Store
 
 __all__ = ["Engine", "EngineSettings", "Transition", "retry", "utcnow"]
 
@@ -62,8 +63,15 @@ class EngineSettings:
     #: delay before trying again a run refused with 401/403 (token or entitlement)
     credentials_retry: float = 60.0
     #: seconds after a run POST was sent before a lookup's 404 proves it never arrived
-    #: (the request timeout: no longer can the request still be in flight)
-    settle: float = 30.0
+    #: (independent of the request timeout: a gateway may hold a request for minutes)
+    settle: float = 600.0
+    #: seconds an accepted operation may answer 404 before it is recorded as lost
+    not_found_tolerance: float = 600.0
+
+    def timing(self) -> TimingSettings:
+        return TimingSettings(poll_initial=self.poll_initial, poll_max=self.poll_max,
+                              jitter=self.jitter, settle=self.settle,
+                              not_found_tolerance=self.not_found_tolerance)
 
 
 Listener = Callable[[Transition], None]
@@ -92,13 +100,20 @@ class Engine:
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
         listeners: Sequence[Listener] = (),
+        fence: Fence = lambda: None,
     ) -> None:
         self.store = store
         self.settings = settings or EngineSettings()
         self.clock = clock
         self.listeners = list(listeners)
-        self.protocol = Protocol(client, self.settings, self.record, clock,
-                                 rng or random.Random())
+        s = self.settings
+        self.timers = Timers(s.timing(), clock, rng or random.Random(),
+                             durations=Durations(store.recent_durations()))
+        self.protocol = Protocol(client, self.record, self.timers,
+                                 resolve_delay=s.resolve_delay,
+                                 credentials_retry=s.credentials_retry, fence=fence)
+        #: the epoch this engine works in (None: not started; every new intent is probed)
+        self.epoch: Epoch | None = None
         #: actions of the last reconcile that ended in an API error (not counting
         #: lookups deferred after a transient failure, which are routine)
         self.failed_actions = 0
@@ -112,20 +127,82 @@ class Engine:
     def client(self, client: AiLakeClient) -> None:
         self.protocol.client = client
 
+    # ------------------------------------------------------------------ epochs
+
+    def start(self, holder: str, *, reason: str | None = None) -> Epoch:
+        """Join the store's current epoch, or begin one (``reason``, or ``created`` for a
+        store that never had one): leadership gained, a recovered store."""
+        epoch = self.store.epoch()
+        if reason is not None or epoch is None:
+            epoch = self.store.begin_epoch(reason=reason or "created", holder=holder,
+                                           now=self.clock())
+            log.info("epoch_started", epoch=epoch.id, reason=epoch.reason,
+                     action="every desired intent is looked up before anything is sent")
+        self.epoch = epoch
+        return epoch
+
+    def probes_new_intents(self) -> bool:
+        """Whether a never-recorded intent must be looked up before its first POST: outside
+        an adopted epoch, and within its first settle window (a previous owner's requests
+        may still be arriving), a claim alone proves nothing."""
+        epoch = self.epoch
+        if epoch is None or epoch.adopted_at is None:
+            return True
+        return self.clock() < epoch.started_at + timedelta(seconds=self.settings.settle)
+
+    async def _adoption(self, current: Plan, recorded: Mapping[str, IntentRecord],
+                        revision: str) -> bool:
+        """The epoch's adoption pass: probe every desired intent that the store does not
+        hold as terminal (never recorded: from attempt 0; failed: its next attempt)."""
+        assert self.epoch is not None
+        gate = asyncio.Semaphore(self.settings.max_concurrency)
+        ok = True
+
+        async def probe(want: Desired) -> None:
+            nonlocal ok
+            rec = recorded.get(want.spec_hash)
+            if rec is not None and rec.status != IntentState.FAILED:
+                return  # terminal, or in flight: resolve and poll look it up anyway
+            async with gate:
+                try:
+                    await self.protocol.probe(want, rec, revision)
+                except ApiError as exc:
+                    ok = False
+                    log.warning("adoption_lookup_failed", name=want.name,
+                                status=exc.status, trace_id=exc.trace_id, error=str(exc))
+
+        await asyncio.gather(*(probe(w) for w in current.desired.values()))
+        if ok:
+            self.epoch = self.store.adopted(self.epoch, now=self.clock())
+            log.info("epoch_adopted", epoch=self.epoch.id, intents=len(current.desired))
+        return ok
+
     # ------------------------------------------------------------------ planning
 
     def plan(self, load: LoadResult, now: datetime | None = None) -> Plan:
         """What a reconcile would do now; reads the store only."""
         return plan(load.commands, self.store.intents(), now or self.clock(),
-                    limits=self.settings.limits)
+                    limits=self.settings.limits, windows=self.store.latest_windows(),
+                    held=load.held)
+
+    def _plan(self, load: LoadResult, recorded: Mapping[str, IntentRecord]) -> Plan:
+        return plan(load.commands, recorded, self.clock(), limits=self.settings.limits,
+                    windows=self.store.latest_windows(), held=load.held)
 
     async def reconcile(self, load: LoadResult, *, submit: bool = True) -> Plan:
         """Plan, then execute every due action concurrently. ``submit=False`` (shutting
-        down) still polls and records, but starts nothing new."""
-        recorded = self.store.intents()
-        current = plan(load.commands, recorded, self.clock(), limits=self.settings.limits)
+        down) still polls and records, but starts nothing new. In an epoch whose adoption
+        pass is not done, that pass comes first, and nothing is sent until it succeeds."""
         self.protocol.new_pass()
         self.failed_actions = 0
+        recorded = self.store.intents()
+        current = self._plan(load, recorded)
+        if self.epoch is not None and self.epoch.adopted_at is None:
+            if not await self._adoption(current, recorded, load.revision):
+                self.failed_actions += 1
+                submit = False
+            recorded = self.store.intents()
+            current = self._plan(load, recorded)
         gate = asyncio.Semaphore(self.settings.max_concurrency)
 
         async def run(action: Action) -> None:
@@ -155,12 +232,28 @@ class Engine:
     # ------------------------------------------------------------------ recording
 
     def record(self, rec: IntentRecord | None, event: Event) -> IntentRecord | None:
-        """Persist the transition ``event`` makes from ``rec``; tell the listeners."""
+        """Persist the transition ``event`` makes from ``rec``; tell the listeners. The new
+        record, or None: the intent is forgotten, or another process moved it first (then
+        nothing was written, and this pass leaves the intent alone)."""
         step = transition(rec, event, self.clock())
-        self.store.save(step)
+        if not self.store.save(step):
+            log.info("record_moved", name=rec.name if rec else None, spec_hash=step.spec_hash,
+                     lifecycle_event=type(event).__name__,
+                     reason="another process changed this intent first; nothing written")
+            return None
         if step.transition is not None:
+            self._learn(step.transition)
             self._notify(step.transition)
         return step.record
+
+    def _learn(self, event: Transition) -> None:
+        if event.outcome == OperationStatus.SUCCEEDED and event.duration is not None:
+            self.timers.durations.add(event.service, event.command, event.duration)
+
+    def _retired(self, spec_hash: str) -> IntentRecord | None:
+        """The retired record of an intent a manifest asks for again, if there is one."""
+        rec = self.store.intent(spec_hash)
+        return rec if rec is not None and rec.retired is not None else None
 
     def _notify(self, event: Transition) -> None:
         for listener in self.listeners:
@@ -186,15 +279,20 @@ class Engine:
         elif kind == "give-up":
             self.record(rec, GaveUp(action.reason))
         elif kind == "timeout":
-            self.record(rec, TimedOut(action.reason))
+            assert rec is not None
+            await self.protocol.follower.last_look(rec, want.command if want else None,
+                                                   action.reason)
         elif kind == "poll":
             assert rec is not None
-            await self.protocol.poll(rec, want)
+            await self.protocol.follower.poll(rec, want.command if want else None)
         elif kind == "resolve":
             assert rec is not None
             return await self.protocol.resolve(rec, want, revision,
                                                may_submit=submit and action.may_submit)
+        elif kind == "submit" and (history := self._retired(action.spec_hash)) is not None:
+            self.record(history, Revived())  # asked for again (a revert): nothing is sent
         elif kind in ("submit", "retry") and submit:
             assert want is not None
-            return await self.protocol.submit(want, rec, action.attempt or 0, revision)
+            return await self.protocol.submit(want, rec, action.attempt or 0, revision,
+                                              probe=self.probes_new_intents())
         return True

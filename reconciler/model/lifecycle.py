@@ -15,20 +15,28 @@ pending                                ``unsent`` when the request certainly did
 submitting         Refused             stalled: the API refused the request for good
 submitting         NeverArrived        failed, due now (a retry), or unrecorded (attempt 0):
                                        the POST never reached the server and is not re-sent
-submitting,        ObservedPending     pending: the server has it and it runs
-pending
-submitting,        ObservedSucceeded   in_sync
-pending
-submitting,        ObservedFailed      failed when a retry is due at ``retry_at``, else stalled
-pending
+in flight, lost,   ObservedPending     pending: the server has it and it runs (accepted from
+stalled, failed                        now on: no 404 ever leads to sending it again)
+in flight, lost,   ObservedSucceeded   in_sync (a success stays a success, even past the
+stalled, failed                        deadline: the last look wins)
+in flight, lost,   ObservedFailed      failed when a retry is due at ``retry_at``, else stalled
+stalled, failed
+pending            NotVisible          pending: an accepted operation answered 404; look
+                                       again (``missing_since`` marks the first miss)
+pending            Lost                lost: still not visible past the not-found tolerance
 pending            TimedOut            stalled: not terminal within the manifest's timeout
 failed             GaveUp              stalled: the next attempt cannot come (limit, deadline)
 (none), any        Unresolvable        stalled: cannot even be submitted (unknown service)
 any                Retired             unchanged state, kept as history (orphaned/superseded)
-failed, stalled    RetryRequested      failed, due now, with a fresh retry budget and deadline
+any (retired)      Revived             unchanged state, current again (a revert): nothing sent
+failed, stalled,   RetryRequested      failed, due now, with a fresh retry budget and deadline
+lost
 =================  ==================  ======================================================
 
 Any other (state, event) pair is a bug of the caller and raises :class:`InvalidTransition`.
+Every step carries the version of the record it was computed from: the store writes it only
+if the stored record is still at that version (a compare-and-set), so of two processes that
+claim the same attempt, exactly one wins and only that one sends the POST.
 """
 
 from __future__ import annotations
@@ -36,8 +44,27 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
+from reconciler.model.events import (
+    Accepted,
+    Claimed,
+    Deferred,
+    Event,
+    GaveUp,
+    Lost,
+    NeverArrived,
+    NotVisible,
+    ObservedFailed,
+    ObservedPending,
+    ObservedSucceeded,
+    Refused,
+    Retired,
+    RetryRequested,
+    Revived,
+    TimedOut,
+    Unresolvable,
+)
 from reconciler.model.records import IntentRecord, NewIntent, OperationRecord
 from reconciler.model.states import (
     IN_FLIGHT,
@@ -58,7 +85,9 @@ __all__ = [
     "GaveUp",
     "IntentState",
     "InvalidTransition",
+    "Lost",
     "NeverArrived",
+    "NotVisible",
     "ObservedFailed",
     "ObservedPending",
     "ObservedSucceeded",
@@ -67,6 +96,7 @@ __all__ = [
     "Refused",
     "Retired",
     "RetryRequested",
+    "Revived",
     "Step",
     "TimedOut",
     "Transition",
@@ -76,110 +106,6 @@ __all__ = [
 
 Error = Mapping[str, Any]
 S = IntentState
-
-
-# ---------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Claimed:
-    """Attempt ``attempt`` is recorded as submitting, before its POST (write-ahead)."""
-
-    intent: NewIntent
-    attempt: int
-    operation_id: str
-    service_id: str | None
-    revision: str
-    #: found on the server by a probe (adoption), not about to be sent: no event
-    adopted: bool = False
-
-
-@dataclass(frozen=True)
-class Accepted:
-    """The run POST got a 202 naming ``operation_id``; first look at ``next_poll_at``."""
-
-    operation_id: str
-    next_poll_at: datetime
-
-
-@dataclass(frozen=True)
-class Deferred:
-    """A request could not settle the intent now; try again at ``next_poll_at``."""
-
-    next_poll_at: datetime
-    error: Error | None = None
-    #: the server certainly did not execute the attempt's run request
-    unsent: bool = False
-
-
-@dataclass(frozen=True)
-class Refused:
-    """The API refused the run request for good (a 4xx that no retry can fix)."""
-
-    error: Error
-
-
-@dataclass(frozen=True)
-class NeverArrived:
-    """A lookup proved the attempt's POST never reached the server, and it is not re-sent."""
-
-
-@dataclass(frozen=True)
-class ObservedPending:
-    operation_id: str
-    next_poll_at: datetime
-    poll_count: int
-
-
-@dataclass(frozen=True)
-class ObservedSucceeded:
-    operation_id: str
-    result: Mapping[str, Any] | None
-
-
-@dataclass(frozen=True)
-class ObservedFailed:
-    """The operation failed; ``retry_at`` is when the next attempt is due (None: stall)."""
-
-    operation_id: str
-    error: Error
-    retry_at: datetime | None
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class TimedOut:
-    reason: str
-
-
-@dataclass(frozen=True)
-class GaveUp:
-    reason: str
-
-
-@dataclass(frozen=True)
-class Unresolvable:
-    """The intent cannot even be submitted (its service does not exist)."""
-
-    intent: NewIntent
-    error: Error
-    revision: str
-
-
-@dataclass(frozen=True)
-class Retired:
-    why: Literal["orphaned", "superseded"]
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class RetryRequested:
-    """A human asked for another try (``reconciler retry NAME``)."""
-
-
-Event = (Claimed | Accepted | Deferred | Refused | NeverArrived | ObservedPending
-         | ObservedSucceeded | ObservedFailed | TimedOut | GaveUp | Unresolvable | Retired
-         | RetryRequested)
 
 
 # ---------------------------------------------------------------------------- results
@@ -212,7 +138,7 @@ class OperationChange:
 
     spec_hash: str
     attempt: int
-    status: OperationStatus
+    status: str
     operation_id: str | None = None
     finished_at: datetime | None = None
     error: Error | None = None
@@ -226,6 +152,8 @@ class Step:
 
     record: IntentRecord | None
     spec_hash: str
+    #: the version the stored record must still have (None: no record may exist)
+    expect_version: int | None = None
     new_operation: OperationRecord | None = None
     operation_change: OperationChange | None = None
     drop_operation: int | None = None
@@ -247,7 +175,10 @@ def transition(record: IntentRecord | None, event: Event, now: datetime) -> Step
         raise InvalidTransition(
             f"{type(event).__name__} is not allowed from {state or 'no record'}"
             + (f" ({record.name})" if record is not None else ""))
-    return apply(record, event, now)
+    step = apply(record, event, now)
+    base = record.version if record is not None else None
+    new = replace(step.record, version=(base or 0) + 1) if step.record is not None else None
+    return replace(step, record=new, expect_version=base)
 
 
 # ---------------------------------------------------------------------------- rules
@@ -271,7 +202,8 @@ def _claimed(rec: IntentRecord | None, e: Claimed, now: datetime) -> Step:
 def _accepted(rec: IntentRecord | None, e: Accepted, now: datetime) -> Step:
     assert rec is not None
     new = replace(rec, status=S.PENDING, operation_id=e.operation_id,
-                  next_poll_at=e.next_poll_at, poll_count=0, last_error=None, updated_at=now)
+                  next_poll_at=e.next_poll_at, poll_count=0, last_error=None, updated_at=now,
+                  accepted_at=now, missing_since=None)
     change = _change(rec, OperationStatus.PENDING, operation_id=e.operation_id)
     return Step(new, rec.spec_hash, operation_change=change,
                 transition=_event(new, S.PENDING, rec.status, operation_id=e.operation_id))
@@ -308,8 +240,8 @@ def _observed_pending(rec: IntentRecord | None, e: ObservedPending, now: datetim
     assert rec is not None
     new = replace(rec, status=S.PENDING, operation_id=e.operation_id,
                   next_poll_at=e.next_poll_at, poll_count=e.poll_count, last_error=None,
-                  updated_at=now)
-    change = _change(rec, OperationStatus.PENDING, operation_id=e.operation_id)
+                  updated_at=now, accepted_at=rec.accepted_at or now, missing_since=None)
+    change = _change(rec, e.status, operation_id=e.operation_id)
     event = (None if rec.status == S.PENDING
              else _event(new, S.PENDING, rec.status, operation_id=e.operation_id))
     return Step(new, rec.spec_hash, operation_change=change, transition=event)
@@ -336,6 +268,23 @@ def _observed_failed(rec: IntentRecord | None, e: ObservedFailed, now: datetime)
     return Step(new, rec.spec_hash, operation_change=change, transition=_event(
         new, state, rec.status, operation_id=e.operation_id, outcome=OperationStatus.FAILED,
         error=e.error, duration=_since_attempt(rec, now), reason=e.reason))
+
+
+def _not_visible(rec: IntentRecord | None, e: NotVisible, now: datetime) -> Step:
+    assert rec is not None
+    new = replace(rec, next_poll_at=e.next_poll_at, poll_count=rec.poll_count + 1,
+                  missing_since=rec.missing_since or now, updated_at=now)
+    return Step(new, rec.spec_hash)
+
+
+def _lost(rec: IntentRecord | None, e: Lost, now: datetime) -> Step:
+    assert rec is not None
+    error = {"title": "Lost", "detail": e.reason}
+    new = _settle(rec, S.LOST, now, error)
+    change = _change(rec, OperationStatus.LOST, finished_at=now, error=error)
+    return Step(new, rec.spec_hash, operation_change=change, transition=_event(
+        new, S.LOST, rec.status, error=error, outcome=OperationStatus.LOST,
+        duration=_since_attempt(rec, now), reason=e.reason))
 
 
 def _timed_out(rec: IntentRecord | None, e: TimedOut, now: datetime) -> Step:
@@ -369,6 +318,13 @@ def _retired(rec: IntentRecord | None, e: Retired, now: datetime) -> Step:
     return Step(new, rec.spec_hash, transition=_event(new, e.why, rec.status, reason=e.reason))
 
 
+def _revived(rec: IntentRecord | None, _e: Revived, now: datetime) -> Step:
+    assert rec is not None
+    new = replace(rec, retired=None, updated_at=now)
+    return Step(new, rec.spec_hash, transition=_event(new, rec.status, rec.retired,
+                                                      reason="asked for again"))
+
+
 def _retry_requested(rec: IntentRecord | None, _e: RetryRequested, now: datetime) -> Step:
     assert rec is not None
     new = replace(rec, status=S.FAILED, retry_base=rec.attempts, first_submitted_at=None,
@@ -396,7 +352,7 @@ def _settle(rec: IntentRecord, state: IntentState, now: datetime, error: Error) 
                    last_error=error, updated_at=now)
 
 
-def _change(rec: IntentRecord, status: OperationStatus, **values: Any) -> OperationChange:
+def _change(rec: IntentRecord, status: str, **values: Any) -> OperationChange:
     return OperationChange(rec.spec_hash, rec.current_attempt, status, **values)
 
 
@@ -410,12 +366,12 @@ def _event(rec: IntentRecord, state: str, previous: str | None, **extra: Any) ->
     return Transition(name=rec.name, service=rec.service, command=rec.command,
                       spec_hash=rec.spec_hash, state=str(state),
                       previous=str(previous) if previous is not None else None,
-                      attempt=rec.current_attempt if rec.attempts else None,
+                      attempt=rec.attempts if rec.attempts else None,  # 1-based
                       revision=rec.revision, **extra)
 
 
-_NONE_OR = frozenset({None})
 _ANY = frozenset({None, *RECORDED})
+_LOOKED_AT = frozenset({*IN_FLIGHT, S.LOST, S.STALLED, S.FAILED})
 _Rule = tuple[frozenset[IntentState | None], Callable[[IntentRecord | None, Any, datetime], Step]]
 _RULES: dict[type, _Rule] = {
     Claimed: (frozenset({None, S.FAILED, S.SUBMITTING}), _claimed),
@@ -423,12 +379,15 @@ _RULES: dict[type, _Rule] = {
     Deferred: (frozenset(IN_FLIGHT), _deferred),
     Refused: (frozenset({S.SUBMITTING}), _refused),
     NeverArrived: (frozenset({S.SUBMITTING}), _never_arrived),
-    ObservedPending: (frozenset(IN_FLIGHT), _observed_pending),
-    ObservedSucceeded: (frozenset(IN_FLIGHT), _observed_succeeded),
-    ObservedFailed: (frozenset(IN_FLIGHT), _observed_failed),
+    ObservedPending: (_LOOKED_AT, _observed_pending),
+    ObservedSucceeded: (_LOOKED_AT, _observed_succeeded),
+    ObservedFailed: (_LOOKED_AT, _observed_failed),
+    NotVisible: (frozenset({S.PENDING}), _not_visible),
+    Lost: (frozenset({S.PENDING}), _lost),
     TimedOut: (frozenset({S.PENDING}), _timed_out),
     GaveUp: (frozenset({S.FAILED}), _gave_up),
     Unresolvable: (_ANY, _unresolvable),
     Retired: (frozenset(RECORDED), _retired),
+    Revived: (frozenset(RECORDED), _revived),
     RetryRequested: (frozenset(SETTLED_BAD), _retry_requested),
 }

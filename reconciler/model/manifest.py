@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -17,6 +18,8 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "KIND",
     "MAX_PAYLOAD_CHARS",
+    "Hold",
+    "HoldReason",
     "Interval",
     "LoadResult",
     "Once",
@@ -33,6 +36,9 @@ KIND = "ServiceCommand"
 MAX_PAYLOAD_CHARS = 15_000
 DEFAULT_TIMEOUT = timedelta(hours=1)
 DEFAULT_STARTING_DEADLINE = timedelta(hours=1)
+#: windows whose canonical intent and spec hash a command keeps (the current one and the
+#: one before it are what a pass asks for; a schedule moves forward only)
+_INTENT_CACHE_WINDOWS = 4
 
 
 @dataclass(frozen=True)
@@ -116,14 +122,31 @@ class ServiceCommand:
     labels: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     file: str = ""
     line: int = 0
+    #: window -> (canonical intent, spec hash), computed once per window and kept with the
+    #: command (a cache: not part of equality, repr or ``replace``; at most
+    #: ``_INTENT_CACHE_WINDOWS`` windows are kept, the newest)
+    _intents: dict[str, tuple[str, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
 
     def canonical_intent(self, window: str = "") -> str:
         """The canonical intent text of this command for ``window`` (DESIGN section 3).
 
         Only name, service as written, command, payload, context, rerun and the window
         take part: timeout, retry, dependsOn, suspend and labels never re-run a command.
+        Computed once per window (the command is frozen, so the text cannot change).
         """
-        return canonical_intent(
+        return self._intent(window)[0]
+
+    def spec_hash(self, window: str = "") -> str:
+        """sha256 of :meth:`canonical_intent` (the key of the intent in the state store);
+        computed once per window."""
+        return self._intent(window)[1]
+
+    def _intent(self, window: str) -> tuple[str, str]:
+        cached = self._intents.get(window)
+        if cached is not None:
+            return cached
+        text = canonical_intent(
             name=self.name,
             service=self.service.as_written,
             command=self.command,
@@ -132,15 +155,21 @@ class ServiceCommand:
             rerun=self.rerun,
             window=window,
         )
-
-    def spec_hash(self, window: str = "") -> str:
-        """sha256 of :meth:`canonical_intent` (the key of the intent in the state store)."""
-        return spec_hash(self.canonical_intent(window))
+        cached = (text, spec_hash(text))
+        if len(self._intents) >= _INTENT_CACHE_WINDOWS:  # windows only move forward
+            self._intents.clear()
+        self._intents[window] = cached
+        return cached
 
 
 @dataclass(frozen=True)
 class LoadResult:
-    """Every valid command, every problem, and the source revision they came from."""
+    """Every valid command, every problem, and the source revision they came from.
+
+    What a pass needs to keep the state of manifests it cannot read now
+    (:mod:`reconciler.source.continuity`): the names of invalid documents, the files that
+    could not be parsed, and whether the load was clean.
+    """
 
     commands: tuple[ServiceCommand, ...]
     problems: tuple[Problem, ...]
@@ -148,7 +177,51 @@ class LoadResult:
     files: int = 0
     #: number of documents that were invalid (and skipped)
     invalid: int = 0
+    #: manifests whose document failed validation but whose ``metadata.name`` is readable:
+    #: name -> its first problem (FILE:LINE and message). A valid manifest of the same name
+    #: elsewhere (a duplicate) may be in ``commands`` too.
+    invalid_names: Mapping[str, Problem] = field(
+        default_factory=lambda: MappingProxyType({}))
+    #: files (as shown in problems) holding something no name can be given to: unreadable,
+    #: not UTF-8, too large, a YAML syntax error, a document without a readable name; also
+    #: whatever the listing refused (a symlink leaving the root, a folder that cannot be read)
+    broken_files: tuple[str, ...] = ()
+    #: every file listed, read and parsed, every document attributed to a name: only a
+    #: manifest absent from a clean load may be orphaned
+    clean: bool = True
+    #: the manifests to hold (not valid now, not to be orphaned): set by the daemon from
+    #: :func:`reconciler.source.continuity.continuity` (:func:`~reconciler.source.continuity.
+    #: with_held`); the loader leaves it empty. The planner reads it.
+    held: Mapping[str, Hold] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def by_name(self) -> Mapping[str, ServiceCommand]:
         return {c.name: c for c in self.commands}
+
+
+class HoldReason(StrEnum):
+    """Why a manifest that is not valid now keeps its state instead of being orphaned."""
+
+    INVALID = "invalid"  #: its document fails validation; its name is readable
+    BROKEN_FILE = "broken-file"  #: the file that held it cannot be parsed now
+    UNCLEAN_SOURCE = "unclean-source"  #: absent, but the source did not load cleanly
+    EMPTY_SOURCE = "empty-source"  #: absent from a suspiciously empty source
+
+
+@dataclass(frozen=True)
+class Hold:
+    """One held manifest (:mod:`reconciler.source.continuity`): its last valid intent keeps
+    its record and state, nothing new is submitted, it is not orphaned. A plain value, so
+    the planner can take it without importing the source."""
+
+    name: str
+    reason: HoldReason
+    #: the problem that makes it invalid (FILE:LINE), or the first problem of its broken
+    #: file; None for the source-wide reasons
+    problem: Problem | None
+    message: str
+
+    @property
+    def shows_invalid(self) -> bool:
+        """Whether views show it as ``invalid`` (its own document or file is at fault)."""
+        return self.reason in (HoldReason.INVALID, HoldReason.BROKEN_FILE)

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from reconciler.model.states import IN_FLIGHT, IntentState, OperationStatus
+from reconciler.model.states import IN_FLIGHT, IntentState
 
-__all__ = ["IntentRecord", "NewIntent", "OperationRecord"]
+__all__ = ["Epoch", "IntentRecord", "NewIntent", "OperationRecord"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,13 @@ class IntentRecord:
     created_at: datetime
     updated_at: datetime
     succeeded_at: datetime | None
+    #: when the server first showed the current attempt (its 202, or a lookup): from then
+    #: on no 404 ever leads to sending it again
+    accepted_at: datetime | None = None
+    #: the first 404 of an accepted operation (None while it is visible)
+    missing_since: datetime | None = None
+    #: bumped by every recorded transition: the compare-and-set of concurrent writers
+    version: int = 0
 
     @property
     def in_flight(self) -> bool:
@@ -75,7 +82,22 @@ class OperationRecord:
     service_id: str | None
     submitted_at: datetime
     finished_at: datetime | None
-    status: OperationStatus
+    #: an :class:`OperationStatus`, or a status the server reported that this version does
+    #: not know (``cancelled``, ``running``), recorded as it came
+    status: str
     error: Mapping[str, Any] | None
     result: Mapping[str, Any] | None
     revision: str
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """A stretch of time in which one process owned the store without a break (a new or
+    recovered store, or leadership gained, starts the next one)."""
+
+    id: int
+    started_at: datetime
+    reason: str
+    holder: str
+    #: when its adoption pass had probed every desired intent (None: not yet)
+    adopted_at: datetime | None

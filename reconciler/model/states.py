@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["IN_FLIGHT", "RECORDED", "SETTLED_BAD", "IntentState", "OperationStatus"]
+__all__ = ["IN_FLIGHT", "RECORDED", "SETTLED_BAD", "TERMINAL", "IntentState", "OperationStatus"]
 
 
 class IntentState(StrEnum):
@@ -16,9 +16,13 @@ class IntentState(StrEnum):
     IN_SYNC = "in_sync"  #: the operation succeeded: nothing more to do for this spec
     FAILED = "failed"  #: the last attempt failed; another one comes after the backoff
     STALLED = "stalled"  #: no attempt will come without a human (limits, deadline, refusal)
+    LOST = "lost"  #: accepted, then not visible on the server past the not-found tolerance
     WAITING = "waiting"  #: not submitted yet: dependencies, schedule or capacity
     SUSPENDED = "suspended"  #: ``suspend: true``: nothing new is sent
     ORPHANED = "orphaned"  #: its manifest is gone; kept as history, nothing is sent
+    #: its document fails validation (or its file cannot be parsed): its last valid intent
+    #: keeps its record and state, nothing new is sent, it is not orphaned (reported only)
+    INVALID = "invalid"
 
 
 class OperationStatus(StrEnum):
@@ -29,6 +33,7 @@ class OperationStatus(StrEnum):
     SUCCEEDED = "succeeded"  #: the API: done
     FAILED = "failed"  #: the API: done, with an error object
     TIMED_OUT = "timed_out"  #: not terminal within the manifest's timeout
+    LOST = "lost"  #: accepted, then not visible on the server past the not-found tolerance
 
 
 #: recorded states whose operation is not finished: submitting or pending
@@ -36,7 +41,13 @@ IN_FLIGHT: frozenset[IntentState] = frozenset({IntentState.SUBMITTING, IntentSta
 #: states the store holds (the others are only reported)
 RECORDED: frozenset[IntentState] = frozenset({
     IntentState.SUBMITTING, IntentState.PENDING, IntentState.IN_SYNC, IntentState.FAILED,
-    IntentState.STALLED,
+    IntentState.STALLED, IntentState.LOST,
+})
+#: recorded states that nothing changes without a human (or a new spec)
+TERMINAL: frozenset[IntentState] = frozenset({
+    IntentState.IN_SYNC, IntentState.STALLED, IntentState.LOST,
 })
 #: reported states that make ``run --once`` exit 1 and alerts fire
-SETTLED_BAD: frozenset[IntentState] = frozenset({IntentState.FAILED, IntentState.STALLED})
+SETTLED_BAD: frozenset[IntentState] = frozenset({
+    IntentState.FAILED, IntentState.STALLED, IntentState.LOST,
+})

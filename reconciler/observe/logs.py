@@ -1,8 +1,10 @@
 """Structured logging: JSON lines for machines, readable lines on a terminal.
 
-One place configures structlog for the whole process. Secrets registered with
-:func:`configure` are scrubbed from every rendered line, whatever field they hide in,
-as a last line of defence behind code that never logs them in the first place.
+One place configures structlog for the whole process. Every rendered line goes through the
+one scrubber (:mod:`reconciler.model.scrub`): the secrets registered with it (those given
+to :func:`configure` are registered too) and bearer-looking values are replaced, whatever
+field they hide in, as a last line of defence behind code that never logs them in the
+first place.
 """
 
 from __future__ import annotations
@@ -14,34 +16,32 @@ from typing import Any, Literal, TextIO
 
 import structlog
 
-__all__ = ["LogFormat", "configure", "redact"]
+from reconciler.model import scrub as scrubber
+
+__all__ = ["REDACTED", "LogFormat", "configure", "redact"]
 
 LogFormat = Literal["auto", "json", "console"]
-REDACTED = "[REDACTED]"
+REDACTED = scrubber.REDACTED
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:
-    """``text`` with every secret (longer than 3 characters) replaced."""
-    for secret in secrets:
-        if secret and len(secret) > 3:
-            text = text.replace(secret, REDACTED)
-    return text
+    """``text`` scrubbed (:func:`reconciler.model.scrub.text`) of ``secrets`` too."""
+    return scrubber.text(text, secrets)
 
 
 class _Scrub:
-    """A structlog processor that replaces secrets in every string value."""
+    """A structlog processor that scrubs every value of an event (nested ones too)."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.secrets = [s for s in secrets if s and len(s) > 3]
+        self.secrets = tuple(s for s in secrets if s and len(s) >= scrubber.MIN_SECRET)
 
     def __call__(self, _logger: Any, _name: str,
                  event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if self.secrets:
-            for key, value in list(event.items()):
-                if isinstance(value, str):
-                    event[key] = redact(value, self.secrets)
-                elif not isinstance(value, int | float | bool | type(None)):
-                    event[key] = redact(repr(value), self.secrets)
+        for key, value in list(event.items()):
+            if isinstance(value, str | dict | list | tuple):
+                event[key] = scrubber.value(value, self.secrets)
+            elif not isinstance(value, int | float | bool | type(None)):
+                event[key] = scrubber.text(repr(value), self.secrets)
         return event
 
 
@@ -60,6 +60,8 @@ def configure(
     as_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     renderer: Any = (structlog.processors.JSONRenderer(sort_keys=False) if as_json
                      else structlog.dev.ConsoleRenderer(colors=out.isatty()))
+    secrets = tuple(secrets)
+    scrubber.register(*secrets)
     scrub = _Scrub(secrets)
     stamp = structlog.processors.TimeStamper(fmt="iso", utc=True)
     structlog.configure(

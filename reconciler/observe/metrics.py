@@ -19,12 +19,13 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler import __version__
 from reconciler.ailake.client import RequestRecord
 from reconciler.execution.engine import Transition
 from reconciler.model.lifecycle import SETTLED_BAD, IntentState, OperationStatus
 from reconciler.planning.planner import Plan
-from reconciler.store.sqlite import Store
+from reconciler.source.kinds import SourceStatus
+from reconciler.store import StateStore as Store
+from reconciler.version import __version__
 
 __all__ = ["INTENT_STATES", "PREFIX", "Metrics", "StoreCollector"]
 
@@ -35,9 +36,11 @@ PREFIX = "ailake_reconciler_"
 INTENT_STATES: tuple[IntentState, ...] = (
     IntentState.IN_SYNC, IntentState.WAITING, IntentState.SUBMITTING, IntentState.PENDING,
     IntentState.FAILED, IntentState.STALLED, IntentState.SUSPENDED, IntentState.ORPHANED,
+    IntentState.LOST, IntentState.INVALID,
 )
 OUTCOMES: tuple[OperationStatus, ...] = (
     OperationStatus.SUCCEEDED, OperationStatus.FAILED, OperationStatus.TIMED_OUT,
+    OperationStatus.LOST,
 )
 ENDPOINTS = {
     ("/api/v1/ailake/services", "GET"): ("200",),
@@ -62,7 +65,7 @@ class _Known:
 
 
 class StoreCollector(Collector):
-    """``command_failed``, ``command_stalled`` and
+    """``command_failed``, ``command_stalled``, ``command_lost`` and
     ``command_last_success_timestamp_seconds``, read from the store at scrape time for the
     manifests currently loaded."""
 
@@ -83,6 +86,13 @@ class StoreCollector(Collector):
             "out or refused; nothing more is tried until a change or 'reconciler retry'.",
             labels=["name", "service", "command"],
         )
+        lost = GaugeMetricFamily(
+            PREFIX + "command_lost",
+            "1 while the manifest's current intent is lost: the server accepted its "
+            "operation, then stopped showing it past the not-found tolerance; it is never "
+            "sent again without 'reconciler retry'.",
+            labels=["name", "service", "command"],
+        )
         last_success = GaugeMetricFamily(
             PREFIX + "command_last_success_timestamp_seconds",
             "Unix time of the manifest's last succeeded operation (any spec or window).",
@@ -93,20 +103,23 @@ class StoreCollector(Collector):
             flags, stamp = self._read(known)
             for name in sorted(known):
                 k = known[name]
-                is_failed, is_stalled = flags.get(name, (False, False))
-                failed.add_metric([name, k.service, k.command], 1.0 if is_failed else 0.0)
-                stalled.add_metric([name, k.service, k.command], 1.0 if is_stalled else 0.0)
+                is_failed, state = flags.get(name, (False, None))
+                labels = [name, k.service, k.command]
+                failed.add_metric(labels, 1.0 if is_failed else 0.0)
+                stalled.add_metric(labels, 1.0 if state == IntentState.STALLED else 0.0)
+                lost.add_metric(labels, 1.0 if state == IntentState.LOST else 0.0)
                 if name in stamp:
                     last_success.add_metric([name], stamp[name])
         yield failed
         yield stalled
+        yield lost
         yield last_success
 
     def _read(self, known: Mapping[str, _Known],
-              ) -> tuple[dict[str, tuple[bool, bool]], dict[str, float]]:
-        """One store read: (failed, stalled) of every known name's current intent, and
+              ) -> tuple[dict[str, tuple[bool, IntentState]], dict[str, float]]:
+        """One store read: (failed, state) of every known name's current intent, and
         the Unix time of its last success (any spec or window)."""
-        flags: dict[str, tuple[bool, bool]] = {}
+        flags: dict[str, tuple[bool, IntentState]] = {}
         stamp: dict[str, float] = {}
         order: dict[str, float] = {}
         for rec in self.store.intents(include_retired=True).values():
@@ -120,8 +133,7 @@ class StoreCollector(Collector):
                 # A retry in flight does not clear the failure: the alert stays up
                 # until an attempt succeeds, instead of flapping with every retry.
                 retrying = rec.in_flight and rec.attempts > 1
-                flags[rec.name] = (retrying or rec.status in SETTLED_BAD,
-                                   rec.status == IntentState.STALLED)
+                flags[rec.name] = (retrying or rec.status in SETTLED_BAD, rec.status)
         return flags, stamp
 
 
@@ -167,6 +179,20 @@ class Metrics:
         self.source_revision = Gauge(
             PREFIX + "source_revision_info", "The manifest revision in use (one series).",
             ["revision"], registry=r)
+        self.source_errors = Counter(
+            PREFIX + "source_errors",
+            "Failed reads of the manifest source: git fetches that failed (the last good "
+            "tree is kept), or loads of a missing directory.", registry=r)
+        self.manifest_invalid = Gauge(
+            PREFIX + "manifest_invalid",
+            "1 per manifest whose document fails validation (or whose file cannot be "
+            "parsed): its last valid intent keeps its state, nothing new is sent for it.",
+            ["name", "file"], registry=r)
+        self.source_empty_withheld = Gauge(
+            PREFIX + "source_empty_withheld",
+            "1 while the source has no manifests where the last good one had some, and "
+            "orphaning them is withheld (--allow-empty accepts an empty source).",
+            registry=r)
         self.leader = Gauge(
             PREFIX + "leader", "1 while this replica reconciles (is the leader).", registry=r)
         self.build_info = Gauge(
@@ -174,6 +200,7 @@ class Metrics:
             registry=r)
         self._preinit()
         self._revision: str | None = None
+        self._source_errors_seen = 0
         if store is not None:
             r.register(StoreCollector(store, self))
 
@@ -208,19 +235,43 @@ class Metrics:
                                            command=event.command).observe(event.duration)
 
     def loaded(self, commands: Iterable[tuple[str, str, str]], *, invalid: int,
-               revision: str, now: float | None = None) -> None:
-        """A manifest load finished: (name, service, command) of every valid manifest."""
+               revision: str, now: float | None = None,
+               invalid_names: Mapping[str, str] | None = None,
+               empty_withheld: bool = False, source: SourceStatus | None = None) -> None:
+        """A manifest load finished: (name, service, command) of every manifest whose
+        state is reported (the valid ones, and the held ones that have a record).
+
+        ``invalid_names``: name -> file of every manifest shown ``invalid`` (the
+        ``manifest_invalid`` series; the others vanish). ``source``: the source's status,
+        for its freshness and error count; without it the source counts as read ``now``.
+        """
         self.known = {name: _Known(service, command) for name, service, command in commands}
         for k in self.known.values():
             for outcome in OUTCOMES:
                 self.operations.labels(service=k.service, command=k.command, outcome=outcome)
             self.operation_duration.labels(service=k.service, command=k.command)
         self.invalid_manifests.set(invalid)
-        self.source_last_success.set(now if now is not None else time.time())
+        self.manifest_invalid.clear()
+        for name, file in sorted((invalid_names or {}).items()):
+            self.manifest_invalid.labels(name=name, file=file).set(1)
+        self.source_empty_withheld.set(1 if empty_withheld else 0)
+        if source is None:
+            self.source_last_success.set(now if now is not None else time.time())
+        else:
+            self.source_seen(source)
         if revision != self._revision:
             self.source_revision.clear()
             self.source_revision.labels(revision=revision).set(1)
             self._revision = revision
+
+    def source_seen(self, status: SourceStatus) -> None:
+        """The source's status now: its last success (when it had one) and the errors
+        counted since the last look (the counter grows by the difference)."""
+        if status.last_success is not None:
+            self.source_last_success.set(status.last_success)
+        if status.errors > self._source_errors_seen:
+            self.source_errors.inc(status.errors - self._source_errors_seen)
+        self._source_errors_seen = max(self._source_errors_seen, status.errors)
 
     def reconciled(self, plan: Plan | None, *, duration: float, ok: bool,
                    orphaned: int = 0, now: float | None = None) -> None:

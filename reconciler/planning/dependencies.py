@@ -79,7 +79,7 @@ def dependency_facts(wants: Mapping[str, Desired],
             rec = current_record(wants, recorded, dep)
             if rec is not None and rec.status == IntentState.IN_SYNC:
                 continue
-            if rec is not None and rec.status == IntentState.STALLED:
+            if rec is not None and rec.status in (IntentState.STALLED, IntentState.LOST):
                 blocked_by.setdefault(name, (dep, dep))
             elif dep in blocked_by:
                 blocked_by.setdefault(name, (dep, blocked_by[dep][1]))

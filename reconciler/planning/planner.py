@@ -11,8 +11,11 @@ deadline rules are :mod:`reconciler.planning.policy`.
 2. the facts every decision may need (:class:`_Situation`: dependency facts, previous
    runs still in flight), and the :class:`Capacity` the operations in flight leave;
 3. every desired manifest, in name order (:func:`_plan_manifest`);
-4. every recorded intent no manifest asks for any more (:func:`_plan_leftover`);
-5. the plan, with the earliest future moment at which it could change.
+4. every recorded intent no manifest asks for any more: a held manifest's (invalid now, or
+   its source cannot be trusted to say it is gone: :func:`_plan_held`) keeps its state,
+   the others are followed and retired (:func:`_plan_leftover`);
+5. a view for every held manifest with no record (``invalid``);
+6. the plan, with the earliest future moment at which it could change.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 
 from reconciler.model.durations import format_duration
 from reconciler.model.lifecycle import IntentState
-from reconciler.model.manifest import ServiceCommand
+from reconciler.model.manifest import Hold, ServiceCommand
 from reconciler.model.records import IntentRecord
 from reconciler.planning import policy
 from reconciler.planning.actions import CHANGE_KINDS, Action, ActionKind, Plan, View
@@ -50,17 +54,43 @@ def plan(
     now: datetime,
     *,
     limits: Limits | None = None,
+    windows: Mapping[str, str] | None = None,
+    held: Mapping[str, Hold] = MappingProxyType({}),
 ) -> Plan:
-    """Decide what to do for every manifest and every recorded intent. Pure."""
-    wants = {c.name: desired_intent(c, now) for c in desired}
+    """Decide what to do for every manifest and every recorded intent. Pure.
+
+    ``windows``: the latest window recorded per manifest name (history included), so a
+    clock set back never asks for an older window again. ``held``: manifests that are not
+    valid now but keep their state (:attr:`reconciler.model.manifest.LoadResult.held`):
+    their records are never orphaned and nothing new is sent for them; what is in flight
+    is still followed to its end."""
+    latest = windows or {}
+    wants = {c.name: desired_intent(c, now, latest.get(c.name)) for c in desired}
     situation = _Situation.of(wants, recorded, now)
     capacity = Capacity.taken_by(recorded.values(), limits or Limits())
     draft = _Draft(now)
     for name in sorted(wants):  # name order: stable plans
         _plan_manifest(situation, capacity, draft, wants[name])
+    latest_held: dict[str, IntentRecord] = {}
+    busy_held: set[str] = set()
     for rec in recorded.values():
         if rec.spec_hash not in situation.asked_for and rec.retired is None:
+            if rec.name in held and rec.name not in wants:
+                _plan_held(situation, draft, rec)
+                shown = latest_held.get(rec.name)
+                if shown is None or (rec.updated_at, rec.created_at) >= (
+                        shown.updated_at, shown.created_at):
+                    latest_held[rec.name] = rec
+                if rec.in_flight:
+                    busy_held.add(rec.name)
+                continue
             _plan_leftover(situation, draft, rec)
+    for name, rec in latest_held.items():  # the view of a held manifest: its latest record
+        draft.show(_held_view(rec, held[name], in_flight=name in busy_held))
+    for name in sorted(held):  # invalid now, never recorded: shown, nothing to keep
+        hold = held[name]
+        if hold.shows_invalid and name not in wants and name not in draft.views:
+            draft.show(View(name, IntentState.INVALID, hold.message, None, settled=True))
     return draft.finish(wants)
 
 
@@ -148,10 +178,10 @@ def _plan_manifest(s: _Situation, capacity: Capacity, draft: _Draft, want: Desir
     elif rec is not None and rec.status == IntentState.IN_SYNC:
         draft.add(Action("noop", name, h, "in sync"),
                   View(name, IntentState.IN_SYNC, "", h, settled=True))
-    elif rec is not None and rec.status == IntentState.STALLED:
+    elif rec is not None and rec.status in (IntentState.STALLED, IntentState.LOST):
         error = str((rec.last_error or {}).get("title") or "retries exhausted")
-        draft.add(Action("noop", name, h, f"stalled: {error}"),
-                  View(name, IntentState.STALLED, error, h, settled=True))
+        draft.add(Action("noop", name, h, f"{rec.status}: {error}"),
+                  View(name, rec.status, error, h, settled=True))
     elif want.command.suspend:
         draft.add(Action("noop", name, h, IntentState.SUSPENDED.value),
                   View(name, IntentState.SUSPENDED, "suspend: true", h, settled=True))
@@ -176,6 +206,9 @@ def _plan_failed(s: _Situation, capacity: Capacity, draft: _Draft, want: Desired
         draft.add(Action("wait-backoff", name, h, f"attempt {rec.attempts + 1} after backoff",
                          attempt=rec.attempts, at=rec.next_attempt_at),
                   View(name, IntentState.FAILED, "waiting to retry", h))
+    elif (blocked := s.deps.blocker(name)) is not None:
+        draft.add(Action("wait-dependency", name, h, blocked),
+                  View(name, IntentState.STALLED, blocked, h, settled=True))
     elif (why := s.waiting_on(want)) is not None:
         draft.add(Action("wait-dependency", name, h, why),
                   View(name, IntentState.FAILED, why, h, settled=s.deps.is_parked(name)))
@@ -253,6 +286,23 @@ def _follow(s: _Situation, draft: _Draft, rec: IntentRecord,
     else:
         draft.add(Action("noop", name, h, "next poll scheduled", at=rec.next_poll_at), view)
     draft.wake(deadline)
+
+
+def _plan_held(s: _Situation, draft: _Draft, rec: IntentRecord) -> None:
+    """A recorded intent of a held manifest (its document invalid now, its file broken, or
+    the source not trusted to say it is gone): it keeps its record and state. What is in
+    flight is still followed to its end (never re-sent); nothing new is submitted, nothing
+    is orphaned."""
+    if rec.in_flight:
+        _follow(s, draft, rec, None)
+
+
+def _held_view(rec: IntentRecord, hold: Hold, *, in_flight: bool) -> View:
+    """How a held manifest stands (``rec``: its latest record): ``invalid`` when its own
+    document or file is at fault, else its recorded state; with the hold's message (FILE:LINE
+    and why). Not settled while any of its records is in flight (still followed)."""
+    state = IntentState.INVALID if hold.shows_invalid else rec.status
+    return View(rec.name, state, hold.message, rec.spec_hash, settled=not in_flight)
 
 
 def _plan_leftover(s: _Situation, draft: _Draft, rec: IntentRecord) -> None:

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from reconciler.model.identity import operation_id, spec_hash
+from reconciler.model.identity import operation_id
 from reconciler.model.manifest import Interval, Schedule, ServiceCommand
 from reconciler.model.records import NewIntent
 
@@ -53,22 +53,101 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def desired_intent(command: ServiceCommand, now: datetime) -> Desired:
+def desired_intent(command: ServiceCommand, now: datetime,
+                   not_before: str | None = None) -> Desired:
     """The intent ``command`` asks for at ``now``: once, this interval window, or the
-    latest cron tick (marked ``missed`` when older than the starting deadline)."""
+    latest cron tick (marked ``missed`` when older than the starting deadline).
+
+    Time only moves forward for a manifest: ``not_before`` is the latest window already
+    recorded for it, and a window before it (a clock set back) is never asked for again:
+    the recorded one stays the intent."""
     window, missed, next_window = "", False, None
     policy = command.policy
     if isinstance(policy, Interval):
-        step = policy.every.total_seconds()
-        index = int((now - EPOCH).total_seconds() // step)
-        start = EPOCH + timedelta(seconds=index * step)
+        start = _window_start(policy.every, now, not_before)
         window, next_window = _iso(start), start + policy.every
     elif isinstance(policy, Schedule):
-        local = now.astimezone(ZoneInfo(policy.timezone))
-        # get_prev is strictly before its start: a tick at exactly ``now`` is due now
-        tick = croniter(policy.cron, local + timedelta(microseconds=1)).get_prev(datetime)
-        following = croniter(policy.cron, local).get_next(datetime)
-        window, next_window = _iso(tick), following.astimezone(UTC)
+        zone = ZoneInfo(policy.timezone)
+        tick = _latest_tick(policy.cron, zone, now)
+        floor = _parse_iso(not_before)
+        if floor is not None and floor > tick:
+            tick = floor
+        window, next_window = _iso(tick), _next_tick(policy.cron, zone, max(now, tick))
         missed = now - tick > policy.starting_deadline
-    canonical = command.canonical_intent(window)
-    return Desired(command, spec_hash(canonical), canonical, window, missed, next_window)
+    # computed once per window and kept with the command: a pass over an unchanged tree
+    # hashes nothing
+    return Desired(command, command.spec_hash(window), command.canonical_intent(window),
+                   window, missed, next_window)
+
+
+def _window_start(every: timedelta, now: datetime, not_before: str | None) -> datetime:
+    step = every.total_seconds()
+    index = int((now - EPOCH).total_seconds() // step)
+    start = EPOCH + timedelta(seconds=index * step)
+    floor = _parse_iso(not_before)
+    return floor if floor is not None and floor > start else start
+
+
+def _parse_iso(window: str | None) -> datetime | None:
+    if not window:
+        return None
+    try:
+        return datetime.strptime(window, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------ cron in a time zone
+
+#: more than any daylight-saving shift: how far around ``now`` wall times are searched
+_SLACK = timedelta(hours=3)
+
+
+def _instant(wall: datetime, zone: ZoneInfo) -> datetime:
+    """The UTC instant a cron wall time (naive, in ``zone``) fires at: a wall time that
+    happens twice (fall-back) fires at its first occurrence; one that does not exist
+    (spring-forward) at the first valid instant after it."""
+    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) == wall:
+        return first
+    lo = int(wall.replace(tzinfo=zone, fold=1).astimezone(UTC).timestamp())
+    hi = int(first.timestamp())
+    lo, hi = min(lo, hi), max(lo, hi)
+    while hi - lo > 1:  # the first second whose wall time is past ``wall``
+        mid = (lo + hi) // 2
+        if datetime.fromtimestamp(mid, zone).replace(tzinfo=None) >= wall:
+            hi = mid
+        else:
+            lo = mid
+    return datetime.fromtimestamp(hi, UTC)
+
+
+def _steady(zone: ZoneInfo, now: datetime) -> bool:
+    """No offset change within ``_SLACK`` of ``now``: wall times map one to one."""
+    return (now - _SLACK).astimezone(zone).utcoffset() == (now + _SLACK).astimezone(
+        zone).utcoffset()
+
+
+def _latest_tick(cron: str, zone: ZoneInfo, now: datetime) -> datetime:
+    """The latest tick at or before ``now``, as a UTC instant."""
+    local = now.astimezone(zone).replace(tzinfo=None)
+    if _steady(zone, now):  # get_prev is strictly before its start: a tick at ``now`` is due
+        return _instant(croniter(cron, local + timedelta(microseconds=1)).get_prev(datetime),
+                        zone)
+    ticks = croniter(cron, local + _SLACK)
+    while True:
+        instant = _instant(ticks.get_prev(datetime), zone)
+        if instant <= now:
+            return instant
+
+
+def _next_tick(cron: str, zone: ZoneInfo, after: datetime) -> datetime:
+    """The first tick strictly after ``after``, as a UTC instant."""
+    local = after.astimezone(zone).replace(tzinfo=None)
+    if _steady(zone, after):
+        return _instant(croniter(cron, local).get_next(datetime), zone)
+    ticks = croniter(cron, local - _SLACK)
+    while True:
+        instant = _instant(ticks.get_next(datetime), zone)
+        if instant > after:
+            return instant

@@ -1,10 +1,20 @@
 """The daemon: the reconcile loop, its triggers, its signals and the leadership hand-off.
 
-One loop: load manifests (when their files changed, on SIGHUP, on the webhook, or every
+One loop: load manifests (when the source moved, on SIGHUP, on the webhook, or every
 interval), plan and execute (:class:`~reconciler.execution.engine.Engine`), update metrics, then
 sleep until the earliest of: the next poll or retry due, the next schedule window, the
 interval (with jitter), or a trigger. SIGTERM/SIGINT stop submitting, let the current
 pass record what it started (within the grace period), and exit.
+
+The manifests come from a :class:`~reconciler.source.kinds.Source` (a directory, a git-sync
+checkout, or the built-in git follower): it is refreshed once before the loop, then followed
+by a task that triggers a pass whenever the tree moves; a webhook (or SIGHUP) pokes it to
+fetch at once. Every load goes through :func:`~reconciler.source.continuity.continuity`: a
+manifest that is invalid now, or whose file cannot be parsed, keeps its last valid intent
+(nothing new sent, never orphaned, shown ``invalid``), and orphaning is withheld while the
+source did not load cleanly or is suspiciously empty (``--allow-empty`` accepts it). Until
+the first tree is there (a git source whose first fetch failed) nothing is reconciled and
+``/readyz`` says not ready; afterwards a failing source keeps the last good tree.
 
 Its settings are in :mod:`~reconciler.runtime.settings`, its HTTP listener in
 :mod:`~reconciler.runtime.listener`, the health rules in :mod:`~reconciler.runtime.readiness`,
@@ -15,10 +25,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
-import signal
+import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -28,48 +39,48 @@ import structlog
 from reconciler.ailake.client import AiLakeClient
 from reconciler.errors import ConfigError, ReconcilerError
 from reconciler.execution.engine import Engine, Transition, utcnow
-from reconciler.model.lifecycle import SETTLED_BAD
+from reconciler.model import scrub as scrubber
 from reconciler.model.manifest import LoadResult
 from reconciler.observe.metrics import Metrics
-from reconciler.observe.status import status_document, status_rows
+from reconciler.observe.status import source_item, status_document, status_rows
 from reconciler.planning.planner import Plan
+from reconciler.runtime.advisory import AdvisoryLeader, AdvisorySettings
+from reconciler.runtime.events import log_progress, log_transition
 from reconciler.runtime.leader import LeaderElector, LeaseSettings
 from reconciler.runtime.listener import Listening, Surface, create_app, serve
+from reconciler.runtime.loading import load_source, poke_for_a_tree
+from reconciler.runtime.once import once_exit_code, settled
 from reconciler.runtime.readiness import ApiProbe, liveness
 from reconciler.runtime.settings import DaemonSettings, read_secret
-from reconciler.source.loader import load_manifests
-from reconciler.source.watcher import SourceWatcher
-from reconciler.store.sqlite import Store
+from reconciler.runtime.signals import install_signals, remove_signals
+from reconciler.runtime.startup import database_secrets, open_checked_store, startup_fields
+from reconciler.source.continuity import Continuity, SourceMemory
+from reconciler.source.git import scrub
+from reconciler.source.kinds import Source, open_source
+from reconciler.store import PostgresStore, StateStore
+from reconciler.store.sqlite import CorruptStoreError
 
-__all__ = ["Daemon", "DaemonSettings", "log_transition", "read_secret"]
+__all__ = ["Daemon", "DaemonSettings", "database_secrets", "log_transition", "read_secret"]
 
 log = structlog.get_logger("reconciler.runtime.daemon")
 
 #: seconds between passes that have due work but made no progress (API failing)
 MIN_RETRY_SLEEP = 1.0
+#: after a failed pass the next comes this soon, doubling (up to the interval) while
+#: passes keep failing
+RECOVERY_SLEEP = 1.0
 #: consecutive failed passes without any progress after which ``--once`` gives up
 ONCE_MAX_FAILING_PASSES = 5
-
-
-def log_transition(event: Transition) -> None:
-    """The engine listener that writes one structured log event per transition."""
-    fields: dict[str, Any] = {
-        "name": event.name, "service": event.service, "command": event.command,
-        "state": event.state, "previous": event.previous,
-        "operation_id": event.operation_id, "attempt": event.attempt,
-        "revision": event.revision,
-    }
-    if event.duration is not None:
-        fields["duration"] = round(event.duration, 3)
-    if event.error:
-        fields["error_title"] = event.error.get("title")
-        fields["error_detail"] = event.error.get("detail")
-        fields["error_status"] = event.error.get("status")
-        fields["trace_id"] = event.error.get("traceId")
-    if event.reason:
-        fields["reason"] = event.reason
-    level = "warning" if event.state in SETTLED_BAD else "info"
-    getattr(log, level)("transition", **fields)
+#: seconds between looks for the first tree (a git source whose first fetch failed)
+NO_TREE_SLEEP = 1.0
+#: the source is asked to fetch again after this, doubling up to its interval, while it
+#: has no tree yet
+NO_TREE_RETRY = 2.0
+#: the trigger reasons that ask the source to fetch now (a push webhook, SIGHUP)
+FETCH_REASONS = frozenset({"webhook", "SIGHUP"})
+#: seconds between two "still pending" lines of one operation (the first comes once it
+#: has run this long)
+PROGRESS_EVERY = 300.0
 
 
 class Daemon:
@@ -83,8 +94,15 @@ class Daemon:
         listeners: Sequence[Callable[[Transition], None]] = (),
         transport: httpx.AsyncBaseTransport | None = None,
         on_listening: Callable[[str], None] | None = None,
+        preflight: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``preflight``: the start-up checks (``reconciler run``'s are
+        :func:`reconciler.cli.check.preflight`), awaited before the store is opened; what
+        it raises stops the daemon."""
         self.settings = settings
+        self.preflight = preflight
+        #: monotonic time of the last "still pending" line, per spec hash
+        self._progress_logged: dict[str, float] = {}
         self.clock = clock
         self.extra_listeners = list(listeners)
         self.transport = transport
@@ -92,7 +110,7 @@ class Daemon:
         self.load: LoadResult | None = None
         self.plan: Plan | None = None
         self.exit_code = 0
-        self.store: Store | None = None
+        self.store: StateStore | None = None
         self.metrics: Metrics | None = None
         self.client: AiLakeClient | None = None
         self._wake = asyncio.Event()
@@ -100,17 +118,36 @@ class Daemon:
         self._reasons: list[str] = []
         self._heartbeat = time.monotonic()
         self._api = ApiProbe()
-        self._source = SourceWatcher(settings.manifests)
+        self.source: Source = open_source(settings.manifests, git=settings.git,
+                                          watch_period=settings.watch_period)
+        #: what the source held at its last good load (None: none yet; the store's live
+        #: names stand for it)
+        self._memory: SourceMemory | None = None
+        #: the verdict on the last load (held manifests, whether orphaning is withheld)
+        self.verdict: Continuity | None = None
+        self._source_error: str | None = None
+        self._no_tree_retry = NO_TREE_RETRY
+        self._no_tree_poke_at = 0.0
         self._transitions = 0
         self._transitions_seen = 0
         self._failing_passes = 0
+        #: the wait before the next pass while passes fail (None: the last one did not)
+        self._recovery: float | None = None
         self.url: str | None = None
-        self.elector: LeaderElector | None = None
+        self.elector: LeaderElector | AdvisoryLeader | None = None
+        self._epoch_due = False
 
     # ------------------------------------------------------------------ control
 
     def trigger(self, reason: str) -> None:
-        """Reconcile now (debounced: triggers arriving together make one pass)."""
+        """Reconcile now (debounced: triggers arriving together make one pass). A webhook
+        or SIGHUP also asks the source to fetch at once (git: one fetch per burst); the
+        follower triggers another pass when the tree moved."""
+        if reason in FETCH_REASONS:
+            log.info("reconcile_requested", trigger=reason,
+                     action="fetching the source now" if self.source.kind == "git"
+                     else "reconciling now")
+            self.source.poke()
         self._reasons.append(reason)
         self._wake.set()
 
@@ -134,92 +171,168 @@ class Daemon:
                         grace_period=self.settings.grace_period)
 
     async def ready(self) -> tuple[bool, str]:
-        """``/readyz``: the manifests were loaded once and the API answers."""
+        """``/readyz``: the manifests were loaded once (a git source: its first tree is
+        there) and the API answers. A source failing afterwards keeps the last tree and
+        the daemon ready (``source_errors_total`` and the source's freshness tell)."""
         if self.load is None:
-            return False, "manifests not loaded yet"
+            error = self.source.status().last_error
+            why = f": {scrub(error, self.settings.secrets)}" if error else ""
+            return False, f"manifests not loaded yet (source {self.source.describe()}){why}"
         assert self.client is not None
         return await self._api.check(self.client)
 
-    def status_document(self) -> dict[str, Any]:
-        """``/status``: every manifest with its state, attempts and last operation."""
+    def status_document(self, *, with_source: bool = False) -> dict[str, Any]:
+        """Every manifest with its state, attempts and last operation (held ones
+        ``invalid`` with FILE:LINE); ``with_source`` (what ``/status`` serves): also the
+        source (kind, location, revision, last success, errors, last error, scrubbed) and
+        why orphaning is withheld."""
         latest = self.store.latest_by_name() if self.store else {}
         rows = status_rows(latest, self.plan.views if self.plan else None)
         load = self.load
-        return status_document(rows, revision=load.revision if load else None,
-                               problems=load.problems if load else ())
+        if not with_source:
+            return status_document(rows, revision=load.revision if load else None,
+                                   problems=load.problems if load else ())
+        verdict = self.verdict
+        return status_document(
+            rows, revision=load.revision if load else None,
+            problems=load.problems if load else (),
+            source=source_item(self.source.status(), self.settings.secrets),
+            withheld=verdict.reason if verdict is not None and not verdict.may_orphan
+            else None)
+
+    def served_status(self) -> dict[str, Any]:
+        """``/status``: :meth:`status_document` with the source."""
+        return self.status_document(with_source=True)
+
+    def exposition(self) -> bytes:
+        """``/metrics``: the source's freshness and errors as of now, then every metric."""
+        assert self.metrics is not None
+        self.metrics.source_seen(self.source.status())
+        return self.metrics.exposition()
+
+    # ------------------------------------------------------------------ progress
+
+    def _log_progress(self, engine: Engine) -> None:
+        """The "still pending" lines (:func:`~reconciler.runtime.events.log_progress`),
+        every :data:`PROGRESS_EVERY` seconds."""
+        log_progress(self, engine, every=PROGRESS_EVERY)
 
     # ------------------------------------------------------------------ the loop
 
     async def run(self) -> int:
         """Run until stopped; the exit status (``once``: 0 in sync, 1 failures)."""
         s = self.settings
-        if not s.manifests.exists():
+        scrubber.register(*s.secrets, *database_secrets(s.state))
+        if s.manifests is not None and not s.manifests.exists():
             raise ConfigError(f"manifest source {s.manifests} does not exist")
-        self.store = Store(s.state, retention=s.retention)
+        log.info("starting", **startup_fields(s, self.source))
+        if self.preflight is not None:
+            await self.preflight()
+        self.store = open_checked_store(s)
         self.metrics = Metrics(self.store)
-        lease = None if s.once else LeaseSettings.from_env()
-        if lease is not None:
-            self.elector = LeaderElector(lease, on_change=self._leadership)
+        self.elector = None if s.once else self._elector()
         self.metrics.leader.set(0 if self.elector else 1)
         async with AiLakeClient(s.client, transport=self.transport,
                                 observer=self.metrics.observe_request) as client:
             self.client = client
             engine = Engine(client, self.store, settings=s.engine, clock=self.clock,
                             listeners=[log_transition, self.metrics.on_transition,
-                                       self._count, *self.extra_listeners])
+                                       self._count, *self.extra_listeners],
+                            fence=self._fence)
+            if self.elector is None:
+                engine.start(self._holder())
             await self._run_engine(engine)
         return self.exit_code
 
     async def _run_engine(self, engine: Engine) -> None:
-        """The loop with its edges: listener, signals, file watcher, leader election;
-        torn down in order once the loop returned (the lease after the last record)."""
+        """The loop with its edges: listener, signals, the source's follower, leader
+        election; torn down in order once the loop returned (the lease after the last
+        record). The source is refreshed once first (git: the first fetch), after the
+        listener is up, so ``/healthz`` answers while it runs."""
         assert self.store is not None
         listening = await self._serve()
-        self._install_signals()
-        watcher = asyncio.create_task(self._watch())
+        install_signals(self.stop, self.trigger)
+        follower: asyncio.Task[None] | None = None
         election = asyncio.create_task(self.elector.run()) if self.elector else None
         try:
+            await self._refresh_first()
+            follower = asyncio.create_task(self.source.follow(self.trigger))
             await self._loop(engine)
         finally:
-            watcher.cancel()
+            if follower is not None:
+                follower.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await follower
             if self.elector is not None and election is not None:
                 await self.elector.release()  # after the last pass recorded; run() returns
                 election.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await election
-            self._remove_signals()
+            remove_signals()
             if listening is not None:
                 await listening.close()
             self.store.close()
+
+    async def _refresh_first(self) -> None:
+        """Bring the source up to date once before the first load (git: fetch), unless
+        told to stop meanwhile."""
+        refresh = asyncio.ensure_future(asyncio.to_thread(self.source.refresh))
+        stop = asyncio.ensure_future(self._wait_stop())
+        try:
+            await asyncio.wait({refresh, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if refresh.done() and refresh.exception() is not None:  # never let it kill the start
+            log.error("source_refresh_failed", source=self.source.describe(),
+                      error_type=type(refresh.exception()).__name__)
 
     async def _loop(self, engine: Engine) -> None:
         s = self.settings
         next_load = 0.0
         while True:
             self._heartbeat = time.monotonic()
-            # file changes arrive as a trigger from _watch; no stat pass on every wake-up
+            # source changes arrive as a trigger from its follower; no stat pass on every
+            # wake-up
             if self.load is None or self._reasons or time.monotonic() >= next_load:
                 reasons = self._reasons or (["start"] if self.load is None else ["interval"])
                 self._load(reasons)
                 next_load = time.monotonic() + s.interval * random.uniform(0.9, 1.1)
             self._reasons = []
-            assert self.load is not None
+            if self.load is None:  # no tree yet: not ready, nothing reconciled
+                if self._stopping:
+                    return
+                if s.once:
+                    self.exit_code = 1
+                    log.error("giving_up", reason="the manifest source has no tree (its "
+                              "first fetch failed); --once stops instead of waiting",
+                              source=self.source.describe(), error=self._source_error)
+                    return
+                poke_for_a_tree(self, first_retry=NO_TREE_RETRY)
+                await self._sleep(NO_TREE_SLEEP)
+                continue
             if self.elector is not None and not self.elector.is_leader:
                 # standby: manifests loaded (so /readyz passes), nothing reconciled
                 if self._stopping:
                     return
                 await self._sleep(next_load - time.monotonic())
                 continue
+            if self._epoch_due:  # leadership gained: this replica's store may be stale
+                self._epoch_due = False
+                # a shared store is the epoch: continue where the old leader stopped
+                engine.start(self._holder(), reason=None if self._shared else "leadership")
             await self._pass(engine, self.load)
+            self._log_progress(engine)
             if self._stopping or (s.once and self._once_done()):
                 return
-            await self._sleep(min(next_load - time.monotonic(), self._until_wake()))
+            await self._sleep(min(next_load - time.monotonic(), self._until_wake(),
+                                  self._recovery if self._recovery is not None
+                                  else float("inf")))
 
     def _once_done(self) -> bool:
         """``--once``: whether to exit now (settled, or the API keeps failing), with
         :attr:`exit_code` set."""
-        if self._settled():
-            self.exit_code = self._once_exit_code()
+        if settled(self.plan, self.store):
+            self.exit_code = once_exit_code(self.plan, self.load, self.verdict)
             log.info("converged", exit_code=self.exit_code)
             return True
         if self._failing_passes >= ONCE_MAX_FAILING_PASSES:
@@ -231,19 +344,9 @@ class Daemon:
         return False
 
     def _load(self, reasons: Sequence[str]) -> None:
-        assert self.metrics is not None and self.store is not None
-        self._source.mark()
-        load = load_manifests(self.settings.manifests)
-        changed = self.load is None or load.revision != self.load.revision
-        for problem in load.problems if changed else ():
-            log.error("invalid_manifest", file=problem.file, line=problem.line,
-                      name=problem.name, message=problem.message)
-        self.load = load
-        self.metrics.loaded(((c.name, c.service.label, c.command) for c in load.commands),
-                            invalid=load.invalid, revision=load.revision)
-        if changed:
-            log.info("manifests_loaded", revision=load.revision, manifests=len(load.commands),
-                     invalid=load.invalid, files=load.files, trigger=",".join(reasons))
+        """Load the source (:func:`~reconciler.runtime.loading.load_source`): what is
+        held, the metrics; a source that cannot be read keeps the last load."""
+        load_source(self, reasons)
 
     async def _pass(self, engine: Engine, load: LoadResult) -> None:
         assert self.metrics is not None and self.store is not None
@@ -260,16 +363,32 @@ class Daemon:
             # must reflect what this pass just recorded.
             self.plan = engine.plan(load)
             ok = engine.failed_actions == 0
+        except CorruptStoreError as exc:
+            log.error("store_damaged", error=str(exc))
+            raise  # fail loudly: nothing is recorded any more; the message says what to do
         except (TimeoutError, ReconcilerError) as exc:
             ok = False
             log.error("reconcile_failed", error=str(exc), error_type=type(exc).__name__)
+        self._pace(ok)
         stuck = not ok and self._transitions == transitions
         self._failing_passes = self._failing_passes + 1 if stuck else 0
-        orphaned = len(self.store.names() - {c.name for c in load.commands})
+        orphaned = len(self.store.names() - {c.name for c in load.commands} - set(load.held))
         self.metrics.reconciled(self.plan,
                                 duration=time.monotonic() - started, ok=ok, orphaned=orphaned)
         if ok and self.plan is not None:
             self.store.prune()
+
+    def _pace(self, ok: bool) -> None:
+        """After a failed pass the next one comes soon: :data:`RECOVERY_SLEEP`, doubling
+        up to the interval while passes keep failing; a good pass ends the recovery."""
+        if ok:
+            if self._recovery is not None:
+                log.info("reconcile_recovered")
+            self._recovery = None
+            return
+        wait = RECOVERY_SLEEP if self._recovery is None else self._recovery * 2
+        self._recovery = min(wait, max(self.settings.interval, RECOVERY_SLEEP))
+        log.info("reconcile_retry", after=self._recovery)
 
     async def _shielded(self, task: asyncio.Future[Plan]) -> None:
         """Wait for a pass; on SIGTERM give it the grace period to record, then cancel."""
@@ -302,7 +421,9 @@ class Daemon:
         progressed = self._transitions != self._transitions_seen
         self._transitions_seen = self._transitions
         if self.plan.executable:
-            return 0.0 if progressed else MIN_RETRY_SLEEP
+            if progressed:
+                return 0.0
+            return MIN_RETRY_SLEEP if self._recovery is None else self._recovery
         if self.plan.wake_at is None:
             return float("inf")
         return (self.plan.wake_at - self.clock()).total_seconds()
@@ -312,11 +433,36 @@ class Daemon:
         assert self.metrics is not None
         self.metrics.leader.set(1 if leader else 0)
         if leader:
+            self._epoch_due = True
             self.trigger("leader")
         elif not self._stopping:
             log.error("leadership_lost", action="exiting; the pod restarts as a standby")
             self.exit_code = 1
             self.stop()
+
+    @property
+    def _shared(self) -> bool:
+        """Whether the store is shared by the replicas (PostgreSQL)."""
+        return isinstance(self.store, PostgresStore)
+
+    def _elector(self) -> LeaderElector | AdvisoryLeader | None:
+        """Leadership: an advisory lock when the store is shared (PostgreSQL), else the
+        Kubernetes Lease when ``RECONCILER_LEASE_NAME`` is set, else none (one replica)."""
+        if self._shared:
+            identity = os.environ.get("POD_NAME") or socket.gethostname()
+            return AdvisoryLeader(AdvisorySettings(url=self.settings.state, identity=identity),
+                                  on_change=self._leadership)
+        lease = LeaseSettings.from_env()
+        return LeaderElector(lease, on_change=self._leadership) if lease else None
+
+    def _fence(self) -> float | None:
+        """How long a run POST starting now may take: the time left on the Lease (None:
+        no election, no bound). A lost or unrenewed lease stops new POSTs at once."""
+        return None if self.elector is None else self.elector.valid_for()
+
+    def _holder(self) -> str:
+        identity = self.elector.settings.identity if self.elector else socket.gethostname()
+        return f"{identity}/{os.getpid()}"
 
     def _count(self, _event: Transition) -> None:
         self._transitions += 1
@@ -329,27 +475,6 @@ class Daemon:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._wake.wait(), seconds)
 
-    async def _watch(self) -> None:
-        """Trigger a pass as soon as manifest files change."""
-        while True:
-            await asyncio.sleep(self.settings.watch_period)
-            if self._source.content and self._source.changed():
-                self.trigger("manifests changed")
-
-    def _settled(self) -> bool:
-        if self.plan is None or self.store is None:
-            return False
-        if any(r.in_flight for r in self.store.intents().values()):
-            return False
-        if self.plan.changes:
-            return False
-        return all(v.settled for v in self.plan.views)
-
-    def _once_exit_code(self) -> int:
-        assert self.plan is not None and self.load is not None
-        bad = any(v.state in SETTLED_BAD for v in self.plan.views)
-        return 1 if bad or self.load.problems else 0
-
     # ------------------------------------------------------------------ edges
 
     async def _serve(self) -> Listening | None:
@@ -357,8 +482,8 @@ class Daemon:
             return None
         assert self.metrics is not None
         app = create_app(
-            Surface(metrics=self.metrics.exposition, healthy=self.healthy, ready=self.ready,
-                    status=self.status_document, trigger=self.trigger),
+            Surface(metrics=self.exposition, healthy=self.healthy, ready=self.ready,
+                    status=self.served_status, trigger=self.trigger),
             webhook_secret=self.settings.webhook_secret,
         )
         listening = await serve(app, self.settings.listen)
@@ -367,16 +492,3 @@ class Daemon:
         if self.on_listening is not None:
             self.on_listening(self.url)
         return listening
-
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signal.SIGTERM, self.stop)
-            loop.add_signal_handler(signal.SIGINT, self.stop)
-            loop.add_signal_handler(signal.SIGHUP, self.trigger, "SIGHUP")
-
-    def _remove_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.remove_signal_handler(sig)

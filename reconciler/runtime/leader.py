@@ -230,6 +230,7 @@ class LeaderElector:
         self._leader = False
         self._became = asyncio.Event()
         self._renewed_at = 0.0  # monotonic start of the last successful renew
+        self._renew_failed = False  # the last renewal failed: no new POST until one works
         self._lock = asyncio.Lock()
         self._released = False
         self._last_error: tuple[str, float] | None = None
@@ -239,6 +240,14 @@ class LeaderElector:
     @property
     def is_leader(self) -> bool:
         return self._leader
+
+    def valid_for(self) -> float:
+        """Seconds this replica's hold on the Lease certainly lasts (no other replica can
+        take it over before): 0 when not leader, or since a renewal failed."""
+        if not self._leader or self._renew_failed:
+            return 0.0
+        left = self._renewed_at + self.settings.lease_duration - time.monotonic()
+        return max(0.0, left)
 
     # ------------------------------------------------------------------ public
 
@@ -260,6 +269,7 @@ class LeaderElector:
                         if self._released:
                             break
                         outcome = await self._attempt(client, budget)
+                    self._renew_failed = outcome is not True
                     if outcome is True:
                         self._renewed_at = started
                         self._set(True, "acquired")

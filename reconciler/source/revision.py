@@ -8,10 +8,20 @@ import re
 import subprocess
 from pathlib import Path
 
-__all__ = ["git_revision"]
+__all__ = ["git_revision", "worktree_revision"]
 
 
 _SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+
+
+def worktree_revision(path: Path) -> str | None:
+    """The commit a git-sync v4 worktree (``.../.worktrees/<commit>/...``) holds, read from
+    the resolved path alone (no git binary, no I/O beyond resolving symlinks)."""
+    parts = path.resolve().parts
+    for name, following in itertools.pairwise(parts):
+        if name == ".worktrees" and _SHA.fullmatch(following):
+            return following
+    return None
 
 
 def git_revision(path: Path) -> str | None:
@@ -20,10 +30,9 @@ def git_revision(path: Path) -> str | None:
     Without a git binary (the slim image), a git-sync v4 work tree still tells: its
     folder ``.worktrees/<commit>`` is named for the commit it holds."""
     directory = path if path.is_dir() else path.parent
-    parts = directory.resolve().parts
-    for name, following in itertools.pairwise(parts):
-        if name == ".worktrees" and _SHA.fullmatch(following):
-            return following
+    from_path = worktree_revision(directory)
+    if from_path is not None:
+        return from_path
     try:
         out = subprocess.run(
             ["git", "-C", str(directory), "rev-parse", "HEAD"],

@@ -1,4 +1,10 @@
-"""JSON Schema validation of one document, with every error said in plain words."""
+"""JSON Schema validation of one document, with every error said in plain words.
+
+A document the schema rejects is also judged by the semantic rules
+(:func:`reconciler.source.semantics.semantic_problems`) wherever the schema found nothing
+wrong, so one run tells every problem of the document. A duration written as a bare number
+(``timeout: 600``) is told that it lacks a unit.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +13,14 @@ import json
 from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 import jsonschema
 
 from reconciler.errors import Problem
+from reconciler.model.durations import format_duration
 from reconciler.source.composer import RawDocument, dotted, place, show
+from reconciler.source.semantics import semantic_problems
 
 __all__ = ["load_schema", "schema_problems", "unknown_field"]
 
@@ -53,7 +61,26 @@ def schema_problems(doc: RawDocument, name: str) -> list[Problem]:
     empty = {tuple(e.absolute_path) for e in errors if e.validator == "minLength"}
     errors = [e for e in errors
               if not (e.validator == "pattern" and tuple(e.absolute_path) in empty)]
-    return [p for err in errors for p in _error_problems(err, doc, name)]
+    problems = [p for err in errors for p in _error_problems(err, doc, name)]
+    if errors and not identity:
+        seen = {(p.line, p.message) for p in problems}
+        problems += [p for p in semantic_problems(doc, name, [_taint(e) for e in errors])
+                     if (p.line, p.message) not in seen]
+    return problems
+
+
+def _taint(err: jsonschema.ValidationError) -> tuple[str | int, ...]:
+    """Where the schema error ``err`` is: the semantic rules leave that part alone (a
+    missing field: the field; an unknown one: the field itself, not its mapping)."""
+    path = tuple(err.absolute_path)
+    if err.validator == "required":
+        return (*path, _missing_field(err))
+    if err.validator == "additionalProperties":
+        instance = err.instance if isinstance(err.instance, Mapping) else {}
+        schema = err.schema if isinstance(err.schema, Mapping) else {}
+        extras = sorted(set(instance) - set(schema.get("properties", {})))
+        return (*path, extras[0]) if extras else path
+    return path
 
 
 def _is_identity_error(err: jsonschema.ValidationError) -> bool:
@@ -92,8 +119,13 @@ def _error_problems(
         if path:
             line = doc.located.line_of(path, key=True)
         msg = f"{where}: missing required field {field_name!r}"
+    elif v == "type" and _is_duration(path) and _is_number(number := err.instance):
+        msg = f"{where}: {show(number)} {_unitless(float(number))}"
     elif v == "type":
         msg = f"{where}: must be {_type_name(err.validator_value)}, got {show(err.instance)}"
+    elif (v == "pattern" and _is_duration(path) and isinstance(err.instance, str)
+          and err.instance.isdigit()):
+        msg = f"{where}: {show(err.instance)} {_unitless(int(err.instance))}"
     elif v == "const":
         msg = f"{where}: must be {err.validator_value!r}, got {show(err.instance)}"
     elif v == "pattern":
@@ -141,6 +173,26 @@ def _policy_problems(
                     for key in sorted(policy)]
     return [Problem(doc.file, doc.located.line_of(path), name,
                     f"{where}: must be {_POLICY_FORMS}, got {show(policy)}")]
+
+
+#: the fields that hold a duration
+_DURATIONS = frozenset({"timeout", "interval", "startingDeadline", "backoff", "maxBackoff"})
+
+
+def _is_duration(path: Sequence[str | int]) -> bool:
+    return bool(path) and path[-1] in _DURATIONS and path[0] == "spec"
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _unitless(number: float) -> str:
+    """The hint for a duration written without a unit: ``600 has no unit...``."""
+    seconds = f"{number:g}s"
+    readable = format_duration(float(number)) if number >= 0 else seconds
+    also = f" (or {readable})" if readable != seconds else ""
+    return f"has no unit: write a duration with a unit, e.g. {seconds}{also}"
 
 
 def unknown_field(field_name: str, allowed: Sequence[str]) -> str:

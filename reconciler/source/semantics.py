@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from types import MappingProxyType
@@ -29,7 +29,10 @@ from reconciler.model.manifest import (
 )
 from reconciler.source.composer import UNNAMED, Located, RawDocument, dotted, printable_name
 
-__all__ = ["build", "cross_checks", "document_name"]
+__all__ = ["build", "cross_checks", "document_name", "semantic_problems"]
+
+#: a JSON path into a document
+Path = tuple[str | int, ...]
 
 #: longest duration accepted anywhere in a manifest
 MAX_DURATION = timedelta(days=3650)
@@ -44,92 +47,177 @@ def document_name(data: Any) -> str:
     return UNNAMED
 
 
+def semantic_problems(doc: RawDocument, name: str,
+                      tainted: Iterable[Path]) -> list[Problem]:
+    """The semantic problems of a document that failed the schema, in the parts the
+    schema did not reject: ``tainted`` are the paths of the schema's errors, and no rule
+    reads a value at, above or below one of them. So one run of ``validate`` tells every
+    problem of the document, not only the schema's."""
+    if not isinstance(doc.data, dict) or not isinstance(doc.data.get("spec"), dict):
+        return []
+    return _check(doc, name, frozenset(tuple(p) for p in tainted))[1]
+
+
 def build(doc: RawDocument, name: str) -> tuple[ServiceCommand | None, list[Problem]]:
     """Semantic checks beyond the schema, then the typed object (None if any problem)."""
-    problems: list[Problem] = []
-    loc = doc.located
+    return _check(doc, name, None)
 
-    def problem(path: Sequence[str | int], message: str, *, key: bool = False) -> None:
-        problems.append(Problem(doc.file, loc.line_of(path, key=key), name,
-                                f"{dotted(path)}: {message}"))
 
-    spec: dict[str, Any] = doc.data["spec"]
-    has_id, has_name = "service" in spec, "serviceName" in spec
-    if has_id and has_name:
-        later = max(loc.line_of(["spec", "service"], key=True),
-                    loc.line_of(["spec", "serviceName"], key=True))
-        problems.append(Problem(doc.file, later, name, "spec: set either 'service' (an id) "
-                                "or 'serviceName', not both"))
-    elif not has_id and not has_name:
-        problem(["spec"], "missing 'service' (a service id) or 'serviceName' (resolved "
-                "through the API); exactly one is required", key=True)
+def _check(doc: RawDocument, name: str, tainted: frozenset[Path] | None,
+           ) -> tuple[ServiceCommand | None, list[Problem]]:
+    """The semantic rules, then (``tainted`` None: the schema accepted the document) the
+    typed object. With ``tainted``, a rule whose values touch a tainted path is skipped
+    and nothing is built."""
+    check = _Checker(doc, name, tainted)
+    check.service()
+    payload = check.payload()
+    policy = check.policy()
+    timeout = check.timeout()
+    retry = check.retry()
+    depends_on = check.depends_on()
+    if check.problems or tainted is not None:
+        return None, check.problems
+    return _typed(doc, name, payload=payload, policy=policy, timeout=timeout, retry=retry,
+                  depends_on=depends_on), []
 
-    payload = spec.get("payload")
-    if payload is not None:
-        size = len(canonical_json(payload))
-        if size > MAX_PAYLOAD_CHARS:
-            problem(["spec", "payload"],
-                    f"is {size} characters as compact JSON; the API accepts at most "
-                    f"{MAX_PAYLOAD_CHARS}")
 
-    def duration(path: list[str | int], default: timedelta) -> timedelta:
-        node: Any = doc.data
+class _Checker:
+    """One document's semantic rules, each a step of :func:`_check`; collects problems."""
+
+    def __init__(self, doc: RawDocument, name: str, tainted: frozenset[Path] | None) -> None:
+        self.doc = doc
+        self.name = name
+        self.tainted = tainted
+        self.loc = doc.located
+        self.spec: dict[str, Any] = doc.data["spec"]
+        self.problems: list[Problem] = []
+
+    def clean(self, *paths: Sequence[str | int]) -> bool:
+        """No schema error at, above or below any of ``paths``."""
+        if self.tainted is None:
+            return True
+        for path in map(tuple, paths):
+            for bad in self.tainted:
+                shorter = min(len(path), len(bad))
+                if path[:shorter] == bad[:shorter]:
+                    return False
+        return True
+
+    def problem(self, path: Sequence[str | int], message: str, *, key: bool = False) -> None:
+        self.problems.append(Problem(self.doc.file, self.loc.line_of(path, key=key), self.name,
+                                     f"{dotted(path)}: {message}"))
+
+    def duration(self, path: list[str | int], default: timedelta) -> timedelta:
+        """The duration at ``path`` (``default`` when absent, tainted or wrong)."""
+        node: Any = self.doc.data
         for part in path:
             node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
+        if node is None or not self.clean(path) or not isinstance(node, str):
             return default
         try:
             value = parse_duration(node)
         except ValueError as exc:  # schema already caught the pattern; keep the guard
-            problem(path, str(exc))
+            self.problem(path, str(exc))
             return default
         except OverflowError:
             value = MAX_DURATION + timedelta(seconds=1)
         if value > MAX_DURATION:
-            problem(path, f"{node!r} is too long: at most {MAX_DURATION_TEXT} (10 years)")
+            self.problem(path, f"{node!r} is too long: at most {MAX_DURATION_TEXT} (10 years)")
             return default
         return value
 
-    policy: Policy = Once()
-    raw_policy = spec.get("policy", "once")
-    if isinstance(raw_policy, dict) and "interval" in raw_policy:
-        reported = len(problems)
-        every = duration(["spec", "policy", "interval"], timedelta(0))
-        if len(problems) == reported and every < timedelta(seconds=1):
-            problem(["spec", "policy", "interval"], "must be at least 1s")
-        policy = Interval(every=every)
-    elif isinstance(raw_policy, dict) and "schedule" in raw_policy:
-        cron = str(raw_policy["schedule"])
-        tz = str(raw_policy.get("timezone", "UTC"))
+    def service(self) -> None:
+        """Exactly one of ``service`` and ``serviceName``."""
+        has_id, has_name = "service" in self.spec, "serviceName" in self.spec
+        if not self.clean(["spec", "service"], ["spec", "serviceName"]):
+            return
+        if has_id and has_name:
+            later = max(self.loc.line_of(["spec", "service"], key=True),
+                        self.loc.line_of(["spec", "serviceName"], key=True))
+            self.problems.append(Problem(self.doc.file, later, self.name,
+                                         "spec: set either 'service' (an id) "
+                                         "or 'serviceName', not both"))
+        elif not has_id and not has_name:
+            self.problem(["spec"], "missing 'service' (a service id) or 'serviceName' "
+                         "(resolved through the API); exactly one is required", key=True)
+
+    def payload(self) -> Any:
+        """The payload (None: none or tainted), at most :data:`MAX_PAYLOAD_CHARS` as JSON."""
+        payload = self.spec.get("payload") if self.clean(["spec", "payload"]) else None
+        if payload is not None:
+            size = len(canonical_json(payload))
+            if size > MAX_PAYLOAD_CHARS:
+                self.problem(["spec", "payload"],
+                             f"is {size} characters as compact JSON; the API accepts at most "
+                             f"{MAX_PAYLOAD_CHARS}")
+        return payload
+
+    def policy(self) -> Policy:
+        raw = self.spec.get("policy", "once") if self.clean(["spec", "policy"]) else "once"
+        if isinstance(raw, dict) and "interval" in raw:
+            return self.interval()
+        if isinstance(raw, dict) and "schedule" in raw:
+            return self.schedule(raw)
+        return Once()
+
+    def interval(self) -> Interval:
+        reported = len(self.problems)
+        every = self.duration(["spec", "policy", "interval"], timedelta(0))
+        if len(self.problems) == reported and every < timedelta(seconds=1):
+            self.problem(["spec", "policy", "interval"], "must be at least 1s")
+        return Interval(every=every)
+
+    def schedule(self, raw: dict[str, Any]) -> Schedule:
+        cron = str(raw["schedule"])
+        tz = str(raw.get("timezone", "UTC"))
         if len(cron.split()) != 5 or not croniter.is_valid(cron):
-            problem(["spec", "policy", "schedule"],
-                    f"{cron!r} is not a valid 5-field cron expression (e.g. \"0 3 * * *\")")
+            self.problem(["spec", "policy", "schedule"],
+                         f"{cron!r} is not a valid 5-field cron expression (e.g. \"0 3 * * *\")")
         elif not _fires(cron):
-            problem(["spec", "policy", "schedule"],
-                    f"{cron!r} never fires (no such date, e.g. February 30)")
+            self.problem(["spec", "policy", "schedule"],
+                         f"{cron!r} never fires (no such date, e.g. February 30)")
         if tz not in _time_zones():
-            problem(["spec", "policy", "timezone"], f"unknown time zone {tz!r} (use an IANA "
-                    "name such as UTC or Europe/Prague)")
-        deadline = duration(["spec", "policy", "startingDeadline"], DEFAULT_STARTING_DEADLINE)
-        policy = Schedule(cron=cron, timezone=tz, starting_deadline=deadline)
+            self.problem(["spec", "policy", "timezone"], f"unknown time zone {tz!r} (use an "
+                         "IANA name such as UTC or Europe/Prague)")
+        deadline = self.duration(["spec", "policy", "startingDeadline"],
+                                 DEFAULT_STARTING_DEADLINE)
+        return Schedule(cron=cron, timezone=tz, starting_deadline=deadline)
 
-    timeout = duration(["spec", "timeout"], DEFAULT_TIMEOUT)
-    if "timeout" in spec and timeout <= timedelta(0):
-        problem(["spec", "timeout"], "must be greater than 0")
-    raw_retry = spec.get("retry", {})
-    retry = RetryPolicy(
-        limit=int(raw_retry.get("limit", 3)),
-        backoff=duration(["spec", "retry", "backoff"], timedelta(seconds=30)),
-        max_backoff=duration(["spec", "retry", "maxBackoff"], timedelta(minutes=10)),
-    )
-    if retry.max_backoff < retry.backoff:
-        problem(["spec", "retry", "maxBackoff"], "must not be smaller than backoff")
-    depends_on = tuple(spec.get("dependsOn", ()))
-    if name in depends_on:
-        problem(["spec", "dependsOn", depends_on.index(name)], "a manifest cannot depend on itself")
+    def timeout(self) -> timedelta:
+        timeout = self.duration(["spec", "timeout"], DEFAULT_TIMEOUT)
+        if "timeout" in self.spec and self.clean(["spec", "timeout"]) \
+                and timeout <= timedelta(0):
+            self.problem(["spec", "timeout"], "must be greater than 0")
+        return timeout
 
-    if problems:
-        return None, problems
+    def retry(self) -> RetryPolicy:
+        raw = self.spec.get("retry", {})
+        if not isinstance(raw, dict) or not self.clean(["spec", "retry", "limit"]):
+            raw = {k: v for k, v in (raw if isinstance(raw, dict) else {}).items()
+                   if k != "limit"}
+        retry = RetryPolicy(
+            limit=int(raw.get("limit", 3)),
+            backoff=self.duration(["spec", "retry", "backoff"], timedelta(seconds=30)),
+            max_backoff=self.duration(["spec", "retry", "maxBackoff"], timedelta(minutes=10)),
+        )
+        if (retry.max_backoff < retry.backoff
+                and self.clean(["spec", "retry", "backoff"], ["spec", "retry", "maxBackoff"])):
+            self.problem(["spec", "retry", "maxBackoff"], "must not be smaller than backoff")
+        return retry
+
+    def depends_on(self) -> tuple[str, ...]:
+        raw = self.spec.get("dependsOn", ()) if self.clean(["spec", "dependsOn"]) else ()
+        depends_on = tuple(raw) if isinstance(raw, list | tuple) else ()
+        if self.name in depends_on:
+            self.problem(["spec", "dependsOn", depends_on.index(self.name)],
+                         "a manifest cannot depend on itself")
+        return depends_on
+
+
+def _typed(doc: RawDocument, name: str, *, payload: Any, policy: Policy, timeout: timedelta,
+           retry: RetryPolicy, depends_on: tuple[str, ...]) -> ServiceCommand:
+    """The typed command of a document that passed every rule."""
+    spec: dict[str, Any] = doc.data["spec"]
     meta = doc.data["metadata"]
     context = spec.get("context")
     return ServiceCommand(
@@ -147,7 +235,7 @@ def build(doc: RawDocument, name: str) -> tuple[ServiceCommand | None, list[Prob
         labels=MappingProxyType(dict(meta.get("labels", {}))),
         file=doc.file,
         line=doc.line,
-    ), []
+    )
 
 
 def cross_checks(

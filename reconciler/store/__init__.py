@@ -1,7 +1,77 @@
-"""Persistence of intent records: it stores what it is given and decides nothing."""
+"""Persistence of intent records: it stores what it is given and decides nothing.
+
+Two backends behind one protocol (:class:`StateStore`): SQLite, embedded, the default
+(:class:`Store`, kept under that name so every ``Store(path)`` goes on working), and
+PostgreSQL, shared by replicas (:class:`PostgresStore`). :func:`open_store` picks one from
+a ``--state`` value.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from reconciler.errors import StoreError
+from reconciler.store.postgres import PASSWORD_FILE_ENV, PostgresStore, is_postgres_url
+from reconciler.store.protocol import Store as StateStore
 from reconciler.store.sqlite import SCHEMA_VERSION, Store
 
-__all__ = ["SCHEMA_VERSION", "Store"]
+__all__ = [
+    "PASSWORD_FILE_ENV",
+    "SCHEMA_VERSION",
+    "PostgresStore",
+    "SqliteStore",
+    "StateStore",
+    "Store",
+    "is_postgres_url",
+    "open_store",
+    "sqlite_path",
+]
+
+#: the SQLite backend by its own name (``Store`` is the same class)
+SqliteStore = Store
+
+
+def sqlite_path(location: str) -> str | None:
+    """The file a ``--state`` value names for SQLite (``sqlite:///abs/path``,
+    ``sqlite://rel/path``, ``sqlite:///:memory:``, or a plain path), or None when it
+    names PostgreSQL."""
+    if is_postgres_url(location):
+        return None
+    if location.lower().startswith("sqlite:"):
+        parts = urlsplit(location)
+        path = unquote(parts.netloc + parts.path)
+        if path in ("/:memory:", ":memory:"):
+            return ":memory:"
+        if not path:
+            raise StoreError(f"state store {location}: no file in the sqlite: URL "
+                             "(sqlite:///absolute/path or sqlite://relative/path)")
+        return path
+    scheme, sep, _ = location.partition("://")
+    if sep and scheme.isidentifier():
+        raise StoreError(f"state store {scheme}://…: unknown kind of store (a path, "
+                         "sqlite:///path or postgresql://user@host:port/database)")
+    return location
+
+
+def open_store(location: str | os.PathLike[str], *, retention: int = 50,
+               readonly: bool = False) -> StateStore:
+    """The state store at ``location``.
+
+    - ``postgresql://…`` or ``postgres://…``: :class:`PostgresStore` (the password from
+      ``$RECONCILER_STATE_PASSWORD_FILE``, else the URL, else libpq's ``PGPASSWORD`` or
+      ``~/.pgpass``; never shown in a message);
+    - ``sqlite:///absolute/path``, ``sqlite://relative/path`` or a plain path (``:memory:``
+      too): the SQLite :class:`Store`.
+
+    ``readonly``: read an existing store without changing it (StoreError when there is
+    none, or its schema is not this reconciler's).
+    """
+    text = os.fspath(location)
+    path = sqlite_path(text)
+    if path is None:
+        return PostgresStore(text, retention=retention, readonly=readonly)
+    if readonly and path != ":memory:" and not Path(path).exists():
+        raise StoreError(f"no state store at {path}")
+    return Store(path, retention=retention, readonly=readonly)

@@ -12,156 +12,43 @@ Tables: ``intents`` (one row per spec hash: the current status of one intent) an
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
-from datetime import UTC, datetime
-from enum import StrEnum
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from reconciler.errors import StoreError
 from reconciler.model.lifecycle import OperationChange, Step
-from reconciler.model.records import IntentRecord, OperationRecord
-from reconciler.model.states import IntentState, OperationStatus
-
-__all__ = ["SCHEMA_VERSION", "Store"]
-
-SCHEMA_VERSION = 2
-
-
-_MIGRATIONS: Sequence[str] = (
-    # version 1
-    """
-    CREATE TABLE intents (
-        spec_hash          TEXT PRIMARY KEY,
-        name               TEXT NOT NULL,
-        service            TEXT NOT NULL,
-        command            TEXT NOT NULL,
-        window             TEXT NOT NULL DEFAULT '',
-        canonical          TEXT NOT NULL,
-        status             TEXT NOT NULL,
-        attempts           INTEGER NOT NULL DEFAULT 0,
-        retry_base         INTEGER NOT NULL DEFAULT 0,
-        operation_id       TEXT,
-        service_id         TEXT,
-        first_submitted_at REAL,
-        attempt_started_at REAL,
-        next_attempt_at    REAL,
-        next_poll_at       REAL,
-        poll_count         INTEGER NOT NULL DEFAULT 0,
-        last_error         TEXT,
-        retired            TEXT,
-        revision           TEXT NOT NULL DEFAULT '',
-        created_at         REAL NOT NULL,
-        updated_at         REAL NOT NULL,
-        succeeded_at       REAL
-    );
-    CREATE INDEX intents_by_name ON intents(name, updated_at);
-    CREATE TABLE operations (
-        operation_id  TEXT PRIMARY KEY,
-        spec_hash     TEXT NOT NULL REFERENCES intents(spec_hash) ON DELETE CASCADE,
-        name          TEXT NOT NULL,
-        attempt       INTEGER NOT NULL,
-        service_id    TEXT,
-        submitted_at  REAL NOT NULL,
-        finished_at   REAL,
-        status        TEXT NOT NULL,
-        error         TEXT,
-        result        TEXT,
-        revision      TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX operations_by_name ON operations(name, submitted_at);
-    CREATE INDEX operations_by_intent ON operations(spec_hash, attempt);
-    """,
-    # version 2: one operation row per (intent, attempt), whatever id the server gave it;
-    # the recorded success of an intent is named as everywhere else, in_sync
-    """
-    CREATE TABLE operations_v2 (
-        spec_hash     TEXT NOT NULL REFERENCES intents(spec_hash) ON DELETE CASCADE,
-        attempt       INTEGER NOT NULL,
-        operation_id  TEXT NOT NULL,
-        name          TEXT NOT NULL,
-        service_id    TEXT,
-        submitted_at  REAL NOT NULL,
-        finished_at   REAL,
-        status        TEXT NOT NULL,
-        error         TEXT,
-        result        TEXT,
-        revision      TEXT NOT NULL DEFAULT '',
-        PRIMARY KEY (spec_hash, attempt)
-    );
-    INSERT OR REPLACE INTO operations_v2 (spec_hash, attempt, operation_id, name, service_id,
-        submitted_at, finished_at, status, error, result, revision)
-        SELECT spec_hash, attempt, operation_id, name, service_id, submitted_at, finished_at,
-               status, error, result, revision FROM operations ORDER BY submitted_at;
-    DROP TABLE operations;
-    ALTER TABLE operations_v2 RENAME TO operations;
-    CREATE INDEX operations_by_name ON operations(name, submitted_at);
-    CREATE INDEX operations_by_id ON operations(operation_id);
-    UPDATE intents SET status = 'in_sync' WHERE status = 'succeeded';
-    """,
+from reconciler.model.records import Epoch, IntentRecord, OperationRecord
+from reconciler.store.rows import from_row, to_datetime, to_json, to_row, to_timestamp
+from reconciler.store.sqlite_schema import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    CorruptStoreError,
+    migrate,
+    open_database,
+    prepare,
+    readonly_uri,
+    recovery_hint,
+    store_error,
 )
 
+__all__ = ["SCHEMA_VERSION", "CorruptStoreError", "Store", "readonly_uri", "recovery_hint",
+           "store_error"]
 
-def _ts(value: datetime | None) -> float | None:
-    return value.timestamp() if value is not None else None
-
-
-def _dt(value: float | None) -> datetime | None:
-    return datetime.fromtimestamp(value, UTC) if value is not None else None
+#: the migrations, version N at index N - 1 (looked up here when a store opens)
+_MIGRATIONS: Sequence[str] = MIGRATIONS
 
 
-def _json(value: Mapping[str, Any] | None) -> str | None:
-    return json.dumps(value, sort_keys=True) if value is not None else None
-
-
-def _unjson(text: str | None) -> Any:
-    return json.loads(text) if text else None
-
-
-_TIME_COLUMNS = frozenset({
-    "first_submitted_at", "attempt_started_at", "next_attempt_at", "next_poll_at",
-    "created_at", "updated_at", "succeeded_at", "submitted_at", "finished_at",
-})
-_JSON_COLUMNS = frozenset({"last_error", "error", "result"})
-_Record = TypeVar("_Record", IntentRecord, OperationRecord)
-
-
-def _from_row(cls: type[_Record], row: sqlite3.Row) -> _Record:
-    """A record from a row: epoch columns become UTC datetimes, JSON columns objects."""
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        raw = row[f.name]
-        if f.name in _TIME_COLUMNS:
-            values[f.name] = _dt(raw)
-        elif f.name in _JSON_COLUMNS:
-            values[f.name] = _unjson(raw)
-        elif f.name == "status":
-            values[f.name] = IntentState(raw) if cls is IntentRecord else OperationStatus(raw)
-        else:
-            values[f.name] = raw
-    return cls(**values)
-
-
-def _to_row(record: IntentRecord | OperationRecord) -> dict[str, Any]:
-    """A record as column values: datetimes to epoch seconds, mappings to JSON."""
-    row: dict[str, Any] = {}
-    for f in fields(record):
-        value = getattr(record, f.name)
-        if f.name in _TIME_COLUMNS:
-            row[f.name] = _ts(value)
-        elif f.name in _JSON_COLUMNS:
-            row[f.name] = _json(value)
-        elif isinstance(value, StrEnum):
-            row[f.name] = str(value)
-        else:
-            row[f.name] = value
-    return row
+_ts = to_timestamp
+_dt = to_datetime
+_json = to_json
+_from_row = from_row
+_to_row = to_row
 
 
 def _upsert(db: sqlite3.Connection, table: str, key: Sequence[str],
@@ -190,43 +77,29 @@ def _update_operation(db: sqlite3.Connection, change: OperationChange) -> None:
 
 
 class Store:
-    """The SQLite state store. Thread-safe; every public write is one transaction."""
+    """The SQLite state store. Thread-safe; every public write is one transaction.
+
+    Every ``sqlite3`` error becomes one :class:`StoreError` naming the file, what was being
+    done and what to do (a damaged file: :class:`CorruptStoreError`, whose message says how
+    to recover).
+    """
 
     def __init__(self, path: str | Path, *, retention: int = 50, readonly: bool = False) -> None:
         """Open (creating and migrating) the store at ``path``; ``":memory:"`` for tests.
 
         ``retention``: finished, superseded or orphaned intents kept per manifest name.
-        ``readonly``: open an existing store without changing it (``plan``, ``status``).
+        ``readonly``: open an existing store without changing it or creating any file
+        beside it (``plan``, ``status``; see :func:`readonly_uri`), on a read-only mount too.
         """
         self.path = str(path)
         self.retention = retention
+        self.readonly = readonly
+        #: how a read-only store was opened: "ro" or "immutable" (None: read-write)
         self._lock = threading.RLock()
-        try:
-            if readonly:
-                uri = Path(self.path).resolve().as_uri() + "?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, isolation_level=None,
-                                           check_same_thread=False, timeout=30.0)
-            else:
-                if self.path != ":memory:":
-                    Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(
-                    self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-                )
-            self._db.row_factory = sqlite3.Row
-            if readonly:
-                version = self.schema_version
-                if version != SCHEMA_VERSION:
-                    raise StoreError(
-                        f"state store {self.path} has schema version {version}; this "
-                        f"reconciler reads version {SCHEMA_VERSION} (run the daemon once "
-                        "to migrate it)")
-            else:
-                self._wal()
-                self._db.execute("PRAGMA synchronous=FULL")
-                self._db.execute("PRAGMA foreign_keys=ON")
-                self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open state store {self.path}: {exc}") from exc
+        #: how a read-only store was opened: "ro" or "immutable" (None: read-write)
+        self.mode: str | None
+        self._db, self.mode = open_database(self.path, readonly=readonly)
+        prepare(self._db, self.path, self.mode, readonly=readonly, upgrade=self._migrate)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -252,56 +125,47 @@ class Store:
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
-                raise StoreError(f"state store {self.path}: {exc}") from exc
+                raise store_error(self.path, exc, "write") from None
 
-    def _wal(self) -> None:
-        """Switch to WAL. SQLite answers "locked" at once, without its busy timeout, while
-        another process creates the same new store: wait for it a little."""
-        for _ in range(100):
+    @contextmanager
+    def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
+        """The connection, locked, for one read: any failure (SQLite's, or a record that
+        does not decode) is one :class:`StoreError`."""
+        with self._lock:
             try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc):
-                    raise
-                time.sleep(0.05)
-        self._db.execute("PRAGMA journal_mode=WAL")
+                yield self._db
+            except sqlite3.DatabaseError as exc:
+                raise store_error(self.path, exc, f"read {what}") from None
+            except (ValueError, TypeError, KeyError) as exc:
+                raise store_error(self.path, exc, f"decode {what}") from None
 
     def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"state store {self.path} has schema version {version}, newer than this "
-                f"reconciler understands ({SCHEMA_VERSION}); upgrade the reconciler"
-            )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self._tx() as db:
-                # another process may have migrated since the version above was read
-                if int(db.execute("PRAGMA user_version").fetchone()[0]) >= target:
-                    continue
-                for statement in _MIGRATIONS[target - 1].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {target}")
+        """Bring the schema up to date with :data:`_MIGRATIONS`, one transaction each."""
+        migrate(self._db, self.path, tx=self._tx, migrations=_MIGRATIONS)
 
     def snapshot(self) -> Store:
         """An in-memory copy of this store: changing it never touches the original."""
         copy = Store(":memory:", retention=self.retention)
-        with self._lock:
+        with self._reading("the whole store (a snapshot)"):
             self._db.backup(copy._db)
         return copy
 
     @property
     def schema_version(self) -> int:
-        with self._lock:
-            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        with self._reading("the schema version") as db:
+            return int(db.execute("PRAGMA user_version").fetchone()[0])
 
-    def check(self) -> None:
-        """Raise StoreError unless SQLite's integrity check passes."""
-        with self._lock:
-            result = self._db.execute("PRAGMA integrity_check").fetchone()[0]
-        if result != "ok":
-            raise StoreError(f"state store {self.path} is corrupt: {result}")
+    def check(self, *, quick: bool = False) -> None:
+        """Raise :class:`CorruptStoreError` unless SQLite's integrity check passes
+        (``quick``: ``PRAGMA quick_check``, which skips matching indexes to tables: what
+        the daemon runs at start; else ``PRAGMA integrity_check``: ``store check``)."""
+        pragma = "quick_check" if quick else "integrity_check"
+        with self._reading(f"the store ({pragma})") as db:
+            found = [str(r[0]) for r in db.execute(f"PRAGMA {pragma}(20)").fetchall()]
+        if found != ["ok"]:
+            shown = "; ".join(found[:5]) + ("; ..." if len(found) > 5 else "")
+            raise CorruptStoreError(f"state store {self.path} is damaged ({pragma}: "
+                                    f"{shown}); " + recovery_hint(self.path))
 
     # ------------------------------------------------------------------ reads
 
@@ -318,53 +182,79 @@ class Store:
         query = "SELECT * FROM intents"
         if not include_retired:
             query += " WHERE retired IS NULL"
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY name, created_at").fetchall()
-        return {row["spec_hash"]: self._intent(row) for row in rows}
+        with self._reading("the intents") as db:
+            rows = db.execute(query + " ORDER BY name, created_at").fetchall()
+            return {row["spec_hash"]: self._intent(row) for row in rows}
 
     def intent(self, spec_hash: str) -> IntentRecord | None:
-        with self._lock:
-            row = self._db.execute(
+        with self._reading("an intent") as db:
+            row = db.execute(
                 "SELECT * FROM intents WHERE spec_hash = ?", (spec_hash,)
             ).fetchone()
-        return self._intent(row) if row else None
+            return self._intent(row) if row else None
 
     def intents_named(self, name: str) -> list[IntentRecord]:
         """Every intent of one manifest, oldest first (history included)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading("the intents of a manifest") as db:
+            rows = db.execute(
                 "SELECT * FROM intents WHERE name = ? ORDER BY created_at", (name,)
             ).fetchall()
-        return [self._intent(r) for r in rows]
+            return [self._intent(r) for r in rows]
 
     def latest_by_name(self) -> dict[str, IntentRecord]:
         """The most recently changed intent of every manifest name ever recorded."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading("the intents") as db:
+            rows = db.execute(
                 "SELECT * FROM intents ORDER BY name, updated_at, created_at"
             ).fetchall()
-        return {row["name"]: self._intent(row) for row in rows}
+            return {row["name"]: self._intent(row) for row in rows}
 
     def operations(self, *, name: str | None = None) -> list[OperationRecord]:
         """Operations (attempts), oldest first; optionally of one manifest."""
         query, params = "SELECT * FROM operations", ()
         if name is not None:
             query, params = query + " WHERE name = ?", (name,)  # type: ignore[assignment]
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY submitted_at, attempt", params).fetchall()
-        return [self._operation(r) for r in rows]
+        with self._reading("the operations") as db:
+            rows = db.execute(query + " ORDER BY submitted_at, attempt", params).fetchall()
+            return [self._operation(r) for r in rows]
+
+    def recent_durations(self, *, limit: int = 5000) -> list[tuple[str, str, float]]:
+        """(service, command, seconds from submission to success) of the latest
+        ``limit`` succeeded operations, newest first: what polls learn durations from."""
+        with self._reading("the recent durations") as db:
+            rows = db.execute(
+                """SELECT i.service, i.command, o.finished_at - o.submitted_at
+                   FROM operations o JOIN intents i ON i.spec_hash = o.spec_hash
+                   WHERE o.status = 'succeeded' AND o.finished_at IS NOT NULL
+                   ORDER BY o.finished_at DESC LIMIT ?""", (limit,)).fetchall()
+            return [(r[0], r[1], float(r[2])) for r in rows]
+
+    def latest_windows(self) -> dict[str, str]:
+        """The latest window recorded per manifest name, history included (windows are
+        ISO-8601 UTC texts, so the greatest is the latest)."""
+        with self._reading("the windows") as db:
+            rows = db.execute(
+                "SELECT name, MAX(window) FROM intents WHERE window != '' GROUP BY name"
+            ).fetchall()
+            return {r[0]: r[1] for r in rows}
 
     def names(self) -> set[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT name FROM intents").fetchall()
-        return {r[0] for r in rows}
+        with self._reading("the manifest names") as db:
+            rows = db.execute("SELECT DISTINCT name FROM intents").fetchall()
+            return {r[0] for r in rows}
 
     # ------------------------------------------------------------------ writes
 
-    def save(self, step: Step) -> None:
+    def save(self, step: Step) -> bool:
         """Persist one transition as given, in one transaction: the intent's record (or
-        its removal) and its attempt's operation row. Nothing is decided here."""
+        its removal) and its attempt's operation row. Nothing is decided here, but it is
+        a compare-and-set: False (nothing written) when the stored record is no longer
+        the version the step was computed from (another process moved it first)."""
         with self._tx() as db:
+            row = db.execute("SELECT version FROM intents WHERE spec_hash = ?",
+                             (step.spec_hash,)).fetchone()
+            if (row["version"] if row is not None else None) != step.expect_version:
+                return False
             if step.drop_operation is not None:
                 db.execute("DELETE FROM operations WHERE spec_hash = ? AND attempt = ?",
                            (step.spec_hash, step.drop_operation))
@@ -377,6 +267,55 @@ class Store:
                         _to_row(step.new_operation))
             if step.operation_change is not None:
                 _update_operation(db, step.operation_change)
+        return True
+
+    # ------------------------------------------------------------------ epochs
+
+    def begin_epoch(self, *, reason: str, holder: str, now: datetime) -> Epoch:
+        """Start a new epoch (a new or recovered store, or leadership gained): until its
+        adoption pass is done, every desired intent is probed before anything is sent."""
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT INTO epochs (started_at, reason, holder) VALUES (?, ?, ?)",
+                (_ts(now), reason, holder))
+            epoch_id = int(cursor.lastrowid or 0)
+        return Epoch(epoch_id, now, reason, holder, None)
+
+    def epoch(self) -> Epoch | None:
+        """The latest epoch, or None for a store that never had one."""
+        with self._reading("the epoch") as db:
+            row = db.execute("SELECT * FROM epochs ORDER BY id DESC LIMIT 1").fetchone()
+            return _from_row(Epoch, row) if row is not None else None
+
+    def adopted(self, epoch: Epoch, *, now: datetime) -> Epoch:
+        """Record that ``epoch``'s adoption pass probed every desired intent."""
+        with self._tx() as db:
+            db.execute("UPDATE epochs SET adopted_at = ? WHERE id = ?", (_ts(now), epoch.id))
+        return replace(epoch, adopted_at=now)
+
+    def epochs(self) -> list[Epoch]:
+        """Every epoch, oldest first (``store copy``)."""
+        with self._reading("the epochs") as db:
+            rows = db.execute("SELECT * FROM epochs ORDER BY id").fetchall()
+            return [_from_row(Epoch, r) for r in rows]
+
+    def restore(self, intents: Iterable[IntentRecord], operations: Iterable[OperationRecord],
+                epochs: Iterable[Epoch]) -> None:
+        """Write whole records, as they are, into this empty store in one transaction
+        (``store copy``, snapshots): StoreError, and nothing written, unless the store
+        holds no intent, operation or epoch yet."""
+        with self._tx() as db:
+            held = [db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]  # noqa: S608
+                    for t in ("intents", "operations", "epochs")]
+            if any(held):
+                raise StoreError(f"state store {self.path} is not empty ({held[0]} intents, "
+                                 f"{held[1]} operations, {held[2]} epochs)")
+            for rec in intents:
+                _upsert(db, "intents", ("spec_hash",), _to_row(rec))
+            for op in operations:
+                _upsert(db, "operations", ("spec_hash", "attempt"), _to_row(op))
+            for epoch in epochs:
+                _upsert(db, "epochs", ("id",), _to_row(epoch))
 
     def prune(self) -> int:
         """Drop the oldest finished history beyond ``retention`` per manifest name."""

@@ -37,6 +37,8 @@ REQUIRED_ALERTS = {
     "AiLakeReconcilerInvalidManifests",
     "AiLakeReconcilerApiErrorRatioHigh",
     "AiLakeReconcilerSourceStale",
+    "AiLakeReconcilerManifestInvalid",
+    "AiLakeReconcilerSourceEmpty",
 }
 
 
@@ -133,7 +135,7 @@ def test_alert_labels_and_annotations(alert_rules: list[dict[str, Any]]) -> None
 def test_per_manifest_alerts_name_the_manifest(alert_rules: list[dict[str, Any]]) -> None:
     """An alert on a metric labelled name/service/command must show them."""
     for rule in alert_rules:
-        if metric_names(rule["expr"]) & {"command_failed", "command_stalled"}:
+        if metric_names(rule["expr"]) & {"command_failed", "command_stalled", "command_lost"}:
             text = rule["annotations"]["summary"] + rule["annotations"]["description"]
             for label in ("name", "service", "command"):
                 assert f"$labels.{label}" in text, (rule["alert"], label)

@@ -4,6 +4,10 @@ properties the design relies on (hardening, probes, flags, secrets, one rule fil
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +32,37 @@ SCENARIOS = {
             "gitSync.ssh.existingSecret=git-ssh",
             "--set",
             "gitSync.repo=git@github.com:example/ailake-manifests.git",
+        ),
+    },
+    "git": {
+        "values": ("full",),
+        "args": (
+            "--set",
+            "gitSync.enabled=false",
+            "--set",
+            "git.enabled=true",
+            "--set",
+            "git.url=https://github.com/example/ailake-manifests.git",
+            "--set",
+            "git.path=manifests/prod",
+            "--set",
+            "git.token.existingSecret=ailake-git-token",
+        ),
+    },
+    "git-values": {"values": ("git",), "args": ()},
+    "git-ssh": {
+        "values": ("full",),
+        "args": (
+            "--set",
+            "gitSync.enabled=false",
+            "--set",
+            "git.enabled=true",
+            "--set",
+            "git.url=git@github.com:example/ailake-manifests.git",
+            "--set",
+            "git.ssh.existingSecret=ailake-git-ssh",
+            "--set",
+            "git.interval=5m",
         ),
     },
 }
@@ -58,7 +93,7 @@ def _flag(args: list[str], flag: str) -> str:
 # -- lint and render --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", ["default", "full"])
+@pytest.mark.parametrize("values", ["default", "full", "git"])
 def test_helm_lint_strict(helm: str, values: str) -> None:
     proc = run(
         [helm, "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / f"{values}-values.yaml")]
@@ -228,6 +263,9 @@ def test_token_comes_from_the_secret_never_inlined(render: Any) -> None:
     for container in spec["containers"] + spec.get("initContainers", []):
         for env in container.get("env", []):
             if any(w in env["name"].upper() for w in ("TOKEN", "SECRET", "PASSWORD")):
+                if env["name"].endswith("_FILE"):  # the path of a mounted Secret, no more
+                    assert env["value"].startswith("/var/run/secrets/"), env
+                    continue
                 assert "value" not in env, f"{env['name']} inlined as a literal"
     # no literal token-ish flag value either
     assert "--token" not in c["args"]
@@ -294,6 +332,178 @@ def test_git_sync_ssh_opens_port_22(render: Any) -> None:
     assert 22 in egress_ports
 
 
+def test_builtin_git_follower_with_a_token(render: Any) -> None:
+    s = SCENARIOS["git"]
+    docs = render(*s["args"], values=s["values"])
+    spec = _deployment(docs)["spec"]["template"]["spec"]
+    assert [c["name"] for c in spec["containers"]] == ["reconciler"]  # no sidecar
+    assert "initContainers" not in spec
+    args = _container(docs)["args"]
+    assert "--manifests" not in args
+    assert _flag(args, "--git-url") == "https://github.com/example/ailake-manifests.git"
+    assert _flag(args, "--git-ref") == "main"
+    assert _flag(args, "--git-path") == "manifests/prod"
+    assert _flag(args, "--git-interval") == "60s"
+    assert _flag(args, "--git-timeout") == "120s"
+    assert _flag(args, "--git-token-user") == "x-access-token"
+    token = _flag(args, "--git-token-file")
+    assert "--git-ssh-key-file" not in args
+    assert _flag(args, "--state") == "/data/reconciler-state.db"  # the cache: /data too
+    mounts = {m["name"]: m for m in _container(docs)["volumeMounts"]}
+    mount = mounts["git-credentials"]
+    assert token.startswith(mount["mountPath"] + "/") and mount["readOnly"] is True
+    assert {"data", "tmp"} <= set(mounts) and "manifests" not in mounts
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["git-credentials"]["secret"] == {
+        "secretName": "ailake-git-token", "defaultMode": 0o440,
+        "items": [{"key": "token", "path": "token"}]}
+    assert "manifests" not in volumes and "git" not in volumes
+    egress = {p["port"] for r in _kinds(docs)["NetworkPolicy"]["spec"]["egress"]
+              for p in r["ports"]}
+    assert 443 in egress and 22 not in egress
+
+
+def test_builtin_git_follower_with_an_ssh_key(render: Any) -> None:
+    s = SCENARIOS["git-ssh"]
+    docs = render(*s["args"], values=s["values"])
+    args = _container(docs)["args"]
+    assert _flag(args, "--git-url") == "git@github.com:example/ailake-manifests.git"
+    assert _flag(args, "--git-interval") == "5m"
+    assert "--git-path" not in args and "--git-token-file" not in args
+    key, known = _flag(args, "--git-ssh-key-file"), _flag(args, "--git-known-hosts-file")
+    volume = next(v for v in _deployment(docs)["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == "git-credentials")
+    assert volume["secret"]["secretName"] == "ailake-git-ssh"
+    paths = {i["path"] for i in volume["secret"]["items"]}
+    assert {key.rsplit("/", 1)[1], known.rsplit("/", 1)[1]} == paths
+    egress = {p["port"] for r in _kinds(docs)["NetworkPolicy"]["spec"]["egress"]
+              for p in r["ports"]}
+    assert 22 in egress
+
+
+def test_the_chart_flags_are_the_cli_flags(render: Any) -> None:
+    """Every flag the chart passes to `reconciler run` exists (in every scenario)."""
+    import argparse
+
+    from reconciler.cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    known = {f for a in sub.choices["run"]._actions for f in a.option_strings}
+    for name, scenario in SCENARIOS.items():
+        args = _container(render(*scenario["args"], values=scenario["values"]))["args"]
+        flags = {a for a in args if a.startswith("--")}
+        assert flags <= known, (name, sorted(flags - known))
+
+
+# -- the ConfigMap recipe for nested folders --------------------------------------------------
+
+
+def _kubelet_mount(mount: Path, data: dict[str, str], stamp: str) -> None:
+    """Lay ``data`` (a ConfigMap's keys) out as the kubelet mounts a ConfigMap volume: the
+    files in a timestamped folder, ``..data`` pointing at it, one symlink per key; an update
+    swaps ``..data`` atomically."""
+    mount.mkdir(parents=True, exist_ok=True)
+    folder = mount / f"..{stamp}"
+    folder.mkdir()
+    for key, text in data.items():
+        (folder / key).write_text(text)
+    tmp = mount / "..data_tmp"
+    tmp.symlink_to(folder.name)
+    tmp.replace(mount / "..data")
+    for key in data:
+        link = mount / key
+        if not link.is_symlink():
+            link.symlink_to(f"..data/{key}")
+
+
+def _recipe_configmap(tmp_path: Path, folder: str) -> dict[str, Any]:
+    """The docs' recipe: ``python -m reconciler.source.configmap DIR`` gives the
+    ``--from-file=KEY=PATH`` arguments of ``kubectl create configmap`` (run for real when
+    kubectl is on PATH, client side only: --dry-run=client -o yaml)."""
+    import shutil
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "reconciler.source.configmap", folder],
+                            cwd=tmp_path, capture_output=True, text=True, check=False,
+                            timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    from_files = listed.stdout.split()  # as $(...) splits it
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:
+        made = subprocess.run([kubectl, "create", "configmap", "ailake-manifests",
+                               "--dry-run=client", "-o", "yaml", *from_files],
+                              cwd=tmp_path, capture_output=True, text=True, check=False,
+                              timeout=60)
+        assert made.returncode == 0, made.stderr
+        configmap: dict[str, Any] = yaml.safe_load(made.stdout)
+        return configmap
+    data = {}
+    for arg in from_files:
+        key, _, path = arg.removeprefix("--from-file=").partition("=")
+        data[key] = (tmp_path / path).read_text()
+    return {"kind": "ConfigMap", "metadata": {"name": "ailake-manifests"}, "data": data}
+
+
+def test_the_configmap_recipe_works_for_nested_folders_in_the_rendered_volume(
+    render: Any, tmp_path: Path
+) -> None:
+    from reconciler.source.kinds import open_source  # what the daemon reads its source with
+
+    files = {
+        "team-a/jobs/x.yaml": "x",
+        "team-a/reindex.yaml": "reindex",
+        "team-b/nightly/deep/y.yml": "y",
+        "top.yaml": "top",
+    }
+    for rel, name in files.items():
+        path = tmp_path / "manifests" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            "apiVersion: ailake.reconciler/v1\nkind: ServiceCommand\n"
+            f"metadata:\n  name: {name}\nspec:\n  service: svc\n  command: reindex\n"
+        )
+    (tmp_path / "manifests" / "team-a" / "jobs" / "README.md").write_text("not a manifest\n")
+    configmap = _recipe_configmap(tmp_path, "manifests/")
+    assert set(configmap["data"]) == {
+        "team-a__jobs__x.yaml", "team-a__reindex.yaml", "team-b__nightly__deep__y.yml",
+        "top.yaml"}
+
+    # the chart's rendered volume: that ConfigMap, mounted where --manifests points
+    docs = render()
+    spec = _deployment(docs)["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "manifests")
+    assert volume["configMap"]["name"] == configmap["metadata"]["name"]
+    assert "items" not in volume["configMap"]  # every key is mounted
+    container = _container(docs)
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "manifests")
+    assert _flag(container["args"], "--manifests") == mount["mountPath"]
+    root = tmp_path / "pod" / mount["mountPath"].lstrip("/")
+    _kubelet_mount(root, configmap["data"], "2026_01_01_00_00_00.000000001")
+
+    source = open_source(root)
+    load = source.load()
+    assert load.problems == ()
+    shown = {c.name: os.path.relpath(c.file, root) for c in load.commands}
+    assert shown == {name: rel for rel, name in files.items()}
+
+    # an update, as the kubelet makes it: a new folder, ..data swapped; a broken manifest
+    # shows FILE:LINE under its own path
+    updated = dict(configmap["data"])
+    updated["team-a__jobs__x.yaml"] = updated["team-a__jobs__x.yaml"].replace(
+        "command: reindex", "command: 7")
+    _kubelet_mount(root, updated, "2026_01_01_00_05_00.000000002")
+    assert source.changed()
+    load = source.load()
+    (problem,) = load.problems
+    assert os.path.relpath(problem.file, root) == "team-a/jobs/x.yaml"
+    assert problem.line == 7 and problem.name == "x"
+    validated = run([sys.executable, "-m", "reconciler", "validate", str(root)])
+    assert validated.returncode == 1
+    assert f"{root}/team-a/jobs/x.yaml:7: x: " in validated.stdout
+
+
 def test_leader_election_rbac(render: Any) -> None:
     kinds = _kinds(render())
     role, binding, sa = kinds["Role"], kinds["RoleBinding"], kinds["ServiceAccount"]
@@ -354,6 +564,9 @@ def test_extra_args_and_env_passthrough(render: Any) -> None:
         (("--set", "image.pullPolicy=Sometimes"), "pullPolicy"),
         (("--set", "service.port=70000"), "service.port"),
         (("--set", "replicaCount=2"), "replicaCount"),
+        (("--set", "git.interval=often"), "git.interval"),
+        (("--set", "git.url=ext::sh -c id"), "git.url"),
+        (("--set", "git.token.user=a:b"), "git.token.user"),
     ],
 )
 def test_schema_rejects_bad_values(helm_template: Any, args: tuple[str, ...], message: str) -> None:
@@ -367,6 +580,22 @@ def test_schema_rejects_bad_values(helm_template: Any, args: tuple[str, ...], me
     [
         (("--set", "manifests.configMap="), "no manifests source"),
         (("--set", "gitSync.enabled=true", "--set", "gitSync.repo=https://x/y.git"), "not both"),
+        (("--set", "git.enabled=true", "--set", "git.url=https://x/y.git"),
+         "either git.enabled or manifests.configMap, not both"),
+        (("--set", "manifests.configMap=", "--set", "git.enabled=true", "--set",
+          "git.url=https://x/y.git", "--set", "gitSync.enabled=true", "--set",
+          "gitSync.repo=https://x/y.git"), "git.enabled (the built-in git follower) or "
+         "gitSync.enabled (the git-sync sidecar), not both"),
+        (("--set", "manifests.configMap=", "--set", "git.enabled=true"), "git.url"),
+        (("--set", "manifests.configMap=", "--set", "git.enabled=true", "--set",
+          "git.url=https://user:pw@x/y.git"), "holds a password"),
+        (("--set", "manifests.configMap=", "--set", "git.enabled=true", "--set",
+          "git.url=https://x/y.git", "--set", "git.token.existingSecret=a", "--set",
+          "git.ssh.existingSecret=b"), "not both"),
+        (("--set", "manifests.configMap=", "--set", "git.enabled=true", "--set",
+          "git.url=git@x:y.git", "--set", "git.token.existingSecret=a"), "https://"),
+        (("--set", "manifests.configMap=", "--set", "git.enabled=true", "--set",
+          "git.url=https://x/y.git", "--set", "git.ssh.existingSecret=b"), "ssh://"),
         (("--set", "manifests.configMap=", "--set", "gitSync.enabled=true"), "gitSync.repo"),
         (("--set", "persistence.enabled=true", "--set", "replicas=2"), "replicas: 1 only"),
         (("--set", "persistence.enabled=true", "--set", "strategy.type=RollingUpdate"), "Recreate"),
@@ -378,6 +607,71 @@ def test_template_rejects_inconsistent_values(
     proc = helm_template(*args)
     assert proc.returncode != 0, f"{args} was accepted"
     assert message in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("scenario", ["default", "full", "git", "git-ssh"])
+def test_the_pods_variables_say_what_its_args_say_so_check_runs_in_the_pod(
+        render: Any, scenario: str) -> None:
+    """``kubectl exec ... -- reconciler check`` (and ``plan``, ``status``) take their
+    settings from ``RECONCILER_*`` variables; the chart sets each to its arg's value."""
+    docs = render(*SCENARIOS[scenario]["args"], values=SCENARIOS[scenario]["values"])
+    c = _container(docs)
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    args = c["args"]
+    for flag in ("--manifests", "--git-url", "--git-ref", "--git-path", "--git-token-file",
+                 "--git-token-user", "--git-ssh-key-file", "--git-known-hosts-file",
+                 "--api-url", "--state", "--listen", "--token-file"):
+        variable = "RECONCILER_" + flag[2:].upper().replace("-", "_")
+        if flag in args:
+            assert env.get(variable) == _flag(args, flag), (scenario, flag)
+        else:
+            assert variable not in env, (scenario, variable)
+
+
+def _install_without(helm: str, *values: str) -> subprocess.CompletedProcess[str]:
+    """``helm template`` (what ``helm install`` renders) with only ``values`` set."""
+    return run([helm, "template", "rel", str(CHART), "--namespace", "ailake",
+                "--set", "manifests.configMap=ailake-manifests", *values])
+
+
+def test_install_without_a_token_secret_says_it_is_required(helm: str) -> None:
+    proc = _install_without(helm, "--set", "apiUrl=https://example.cloud.gooddata.com")
+    assert proc.returncode != 0
+    assert "a token secret is required" in proc.stderr
+    assert "token.existingSecret" in proc.stderr and "kubectl create secret" in proc.stderr
+
+
+def test_an_api_url_ending_in_api_v1_is_refused_with_the_reason(helm: str) -> None:
+    proc = _install_without(helm, "--set", "apiUrl=https://example.cloud.gooddata.com/api/v1",
+                            "--set", "token.existingSecret=t")
+    assert proc.returncode != 0
+    assert "apiUrl must be the organisation's root URL, without /api/v1" in proc.stderr
+    assert _install_without(helm, "--set", "apiUrl=https://example.cloud.gooddata.com",
+                            "--set", "token.existingSecret=t").returncode == 0
+
+
+def test_the_api_url_is_required_in_words_by_the_templates(helm: str, tmp_path: Path) -> None:
+    """The templates' own message, on a copy of the chart whose schema lets an empty
+    apiUrl through to them (the real schema's pattern refuses it first: see the next
+    test)."""
+    import shutil
+
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    schema = json.loads((chart / "values.schema.json").read_text())
+    schema["properties"]["apiUrl"]["pattern"] = "^$|" + schema["properties"]["apiUrl"]["pattern"]
+    (chart / "values.schema.json").write_text(json.dumps(schema))
+    proc = run([helm, "template", "rel", str(chart), "--set",
+                "manifests.configMap=ailake-manifests", "--set", "token.existingSecret=t"])
+    assert proc.returncode != 0
+    assert "apiUrl is required" in proc.stderr and "Does not match pattern" not in proc.stderr
+
+
+def test_install_without_an_api_url_says_it_is_required(helm: str) -> None:
+    proc = _install_without(helm, "--set", "token.existingSecret=t")
+    assert proc.returncode != 0
+    assert "apiUrl is required" in proc.stderr
+    assert "Does not match pattern" not in proc.stderr
 
 
 def test_chart_metadata() -> None:

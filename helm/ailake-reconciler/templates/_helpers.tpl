@@ -76,13 +76,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-state" (include "ailake-reconciler.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
 
-{{/* Value checks the JSON schema cannot express. */}}
+{{/* Value checks the JSON schema cannot express, each failing with what to set. */}}
 {{- define "ailake-reconciler.validate" -}}
+{{- $git := .Values.git }}
+{{- $_ := required "apiUrl is required: the GoodData Cloud organisation's URL, e.g. --set apiUrl=https://example.cloud.gooddata.com" .Values.apiUrl }}
+{{- if regexMatch "/api(/|$)" (trimPrefix "https://" (trimPrefix "http://" .Values.apiUrl)) }}
+{{- fail (printf "apiUrl must be the organisation's root URL, without /api/v1 (the reconciler adds /api/v1/ailake/... itself): %s" .Values.apiUrl) }}
+{{- end }}
+{{- $_ := required "a token secret is required: kubectl create secret generic ailake-api-token --from-literal=token=<API token>, then --set token.existingSecret=ailake-api-token" .Values.token.existingSecret }}
+{{- if and $git.enabled .Values.gitSync.enabled }}
+{{- fail "set either git.enabled (the built-in git follower) or gitSync.enabled (the git-sync sidecar), not both" }}
+{{- end }}
+{{- if and $git.enabled .Values.manifests.configMap }}
+{{- fail "set either git.enabled or manifests.configMap, not both" }}
+{{- end }}
 {{- if and .Values.gitSync.enabled .Values.manifests.configMap }}
 {{- fail "set either gitSync.enabled or manifests.configMap, not both" }}
 {{- end }}
-{{- if not (or .Values.gitSync.enabled .Values.manifests.configMap) }}
-{{- fail "no manifests source: set gitSync.enabled=true (with gitSync.repo) or manifests.configMap" }}
+{{- if not (or $git.enabled .Values.gitSync.enabled .Values.manifests.configMap) }}
+{{- fail "no manifests source: set git.enabled=true (with git.url), gitSync.enabled=true (with gitSync.repo) or manifests.configMap" }}
+{{- end }}
+{{- if and $git.enabled (not $git.url) }}
+{{- fail "git.enabled requires git.url" }}
+{{- end }}
+{{- if and $git.enabled (regexMatch "^[a-zA-Z][a-zA-Z0-9+.-]*://[^/@]*:[^/@]*@" $git.url) }}
+{{- fail "git.url holds a password; put the token in a Secret (git.token.existingSecret) instead" }}
+{{- end }}
+{{- if and $git.token.existingSecret $git.ssh.existingSecret }}
+{{- fail "set either git.token.existingSecret or git.ssh.existingSecret, not both" }}
+{{- end }}
+{{- if and $git.enabled $git.token.existingSecret (not (hasPrefix "https://" $git.url)) }}
+{{- fail "git.token.existingSecret needs an https:// git.url" }}
+{{- end }}
+{{- if and $git.enabled $git.ssh.existingSecret (or (hasPrefix "https://" $git.url) (hasPrefix "http://" $git.url)) }}
+{{- fail "git.ssh.existingSecret needs an ssh:// or git@host:path git.url" }}
 {{- end }}
 {{- if and .Values.gitSync.enabled (not .Values.gitSync.repo) }}
 {{- fail "gitSync.enabled requires gitSync.repo" }}

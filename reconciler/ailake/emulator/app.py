@@ -6,11 +6,17 @@ injection (503, 429 with ``Retry-After``, dropped connections, latency) wraps on
 paths and is decided in ``EmulatorApp.__call__``, the outermost ASGI layer: that is the one
 place that still holds the server's own ``send`` callable, which a dropped connection needs
 to reach the TCP transport and close it without an answer after the request was processed.
+The same layer counts every API request per route template (``/_emulator/requests``) and,
+under ``echoAuthorization``, puts the request's ``Authorization`` header where ``problem``
+can reach it (a context variable), so every problem+json carries it. The other adversary
+modes are decided by ``EmulatorState``; only ``holdBeforeExecute`` lives in ``run_command``,
+which holds the request open, executes, and then answers into a possibly closed connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hmac
 import json
 import math
@@ -37,6 +43,7 @@ __all__ = [
     "DroppedConnection",
     "EmulatorApp",
     "create_app",
+    "route_key",
 ]
 
 Scope = MutableMapping[str, Any]
@@ -48,11 +55,25 @@ API_PREFIX = "/api/v1/ailake"
 SERVICE_TYPE = "aiLakeService"
 MAX_PAYLOAD_CHARS = 15000
 RATE_LIMIT = 100
-_API_PATHS = (
-    re.compile(r"^/api/v1/ailake/services$"),
-    re.compile(r"^/api/v1/ailake/services/[^/]+/status$"),
-    re.compile(r"^/api/v1/ailake/services/[^/]+/commands/[^/]+/run$"),
-    re.compile(r"^/api/v1/ailake/operations/.+$"),
+ADMIN_PREFIX = "/_emulator/"
+_ROUTE_TEMPLATES = (
+    (re.compile(r"^/api/v1/ailake/services$"), f"{API_PREFIX}/services"),
+    (
+        re.compile(r"^/api/v1/ailake/services/[^/]+/status$"),
+        f"{API_PREFIX}/services/{{serviceId}}/status",
+    ),
+    (
+        re.compile(r"^/api/v1/ailake/services/[^/]+/commands/[^/]+/run$"),
+        f"{API_PREFIX}/services/{{serviceId}}/commands/{{commandName}}/run",
+    ),
+    (re.compile(r"^/api/v1/ailake/operations/.+$"), f"{API_PREFIX}/operations/{{operationId}}"),
+)
+_API_PATHS = tuple(pattern for pattern, _ in _ROUTE_TEMPLATES)
+UNMATCHED_ROUTE = "(unmatched)"
+
+# The Authorization header of the request being answered, set only under echoAuthorization.
+_ECHO_AUTHORIZATION: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "emulator_echo_authorization", default=None
 )
 
 
@@ -69,10 +90,27 @@ def is_api_path(path: str) -> bool:
     return any(pattern.match(path) for pattern in _API_PATHS)
 
 
+def route_key(method: str, path: str) -> str:
+    """``"METHOD template"`` of a request, as ``/_emulator/requests`` counts it."""
+    for pattern, template in _ROUTE_TEMPLATES:
+        if pattern.match(path):
+            return f"{method} {template}"
+    return f"{method} {UNMATCHED_ROUTE}"
+
+
+def _with_echo(text: str) -> str:
+    echo = _ECHO_AUTHORIZATION.get()
+    return f"{text} (request Authorization: {echo})" if echo is not None else text
+
+
 def problem(
     status: int, title: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> Response:
-    """An ``application/problem+json`` answer with a fresh trace id (body and header)."""
+    """An ``application/problem+json`` answer with a fresh trace id (body and header).
+
+    Under ``echoAuthorization`` the ``detail`` ends with the request's ``Authorization``.
+    """
+    detail = _with_echo(detail)
     trace_id = uuid.uuid4().hex
     body = {"title": title, "status": status, "detail": detail, "traceId": trace_id}
     all_headers = {"X-GDC-TRACE-ID": trace_id, **(headers or {})}
@@ -89,7 +127,7 @@ def throttled(retry_after: int) -> Response:
     return JSONResponse(
         {
             "error": "Too Many Requests",
-            "message": f"Rate limit exceeded; retry after {retry_after} s",
+            "message": _with_echo(f"Rate limit exceeded; retry after {retry_after} s"),
         },
         status_code=429,
         headers={
@@ -228,10 +266,16 @@ async def run_command(request: Request) -> Response:
     if isinstance(body, _Invalid):
         return problem(400, "Bad Request", body.detail)
     operation_id = (request.headers.get("operation-id") or "").strip() or None
+    hold = state.hold_seconds()
+    if hold > 0:
+        # holdBeforeExecute: answer nothing for a while (the client's read timeout may fire
+        # and it may go), then really execute, then answer. The answer goes into a
+        # connection that may be closed: uvicorn drops writes to a disconnected client.
+        await asyncio.sleep(hold)
     outcome = state.run(service, command, body, operation_id)
     if isinstance(outcome, Conflict):
         return problem(409, "Conflict", outcome.detail)
-    op_id = outcome.operation_id
+    op_id = outcome.header_id
     return Response(
         status_code=202,
         headers={
@@ -244,7 +288,9 @@ async def run_command(request: Request) -> Response:
 async def get_operation(request: Request) -> Response:
     """``GET /api/v1/ailake/operations/{operationId}``: pending, succeeded or failed."""
     operation_id = request.path_params["operationId"]
-    view = _state(request).operation(operation_id)
+    view = _state(request).operation(
+        operation_id, authorization=request.headers.get("authorization")
+    )
     if view is None:
         return problem(404, "Not Found", f"operation {operation_id} not found")
     return JSONResponse(view)
@@ -278,8 +324,19 @@ async def admin_put_faults(request: Request) -> Response:
     return JSONResponse(faults.to_dict())
 
 
+async def admin_requests(request: Request) -> Response:
+    """``GET /_emulator/requests``: ``{total, routes: {"METHOD template": count}}``."""
+    return JSONResponse(_state(request).request_counts())
+
+
+async def admin_reset_requests(request: Request) -> Response:
+    """``DELETE /_emulator/requests``: the request counts back to zero."""
+    _state(request).reset_requests()
+    return Response(status_code=204)
+
+
 async def admin_reset(request: Request) -> Response:
-    """``POST /_emulator/reset``: forget operations and executions; faults back to config."""
+    """``POST /_emulator/reset``: forget operations, executions, request counts; faults back."""
     _state(request).reset()
     return Response(status_code=204)
 
@@ -308,6 +365,23 @@ class EmulatorApp(Starlette):
             await super().__call__(scope, receive, send)
             return
         state: EmulatorState = self.state.emulator
+        path: str = scope["path"]
+        if path.startswith(ADMIN_PREFIX):
+            await super().__call__(scope, receive, send)
+            return
+        state.count_request(route_key(scope["method"], path))
+        echo = None
+        if state.faults.echo_authorization:
+            given = dict(scope.get("headers") or []).get(b"authorization")
+            echo = given.decode("latin-1") if given is not None else None
+        token = _ECHO_AUTHORIZATION.set(echo)
+        try:
+            await self._faulted(scope, receive, send)
+        finally:
+            _ECHO_AUTHORIZATION.reset(token)
+
+    async def _faulted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: EmulatorState = self.state.emulator
         if not is_api_path(scope["path"]):
             await self._authorized(scope, receive, send)
             return
@@ -332,7 +406,7 @@ class EmulatorApp(Starlette):
     async def _authorized(self, scope: Scope, receive: Receive, send: Send) -> None:
         state: EmulatorState = self.state.emulator
         path: str = scope["path"]
-        if state.token is not None and not path.startswith("/_emulator/"):
+        if state.token is not None and not path.startswith(ADMIN_PREFIX):
             expected = f"Bearer {state.token}".encode()
             given = dict(scope.get("headers") or []).get(b"authorization")
             if given is None or not hmac.compare_digest(given, expected):
@@ -377,6 +451,8 @@ def create_app(config: EmulatorConfig, *, token: str | None = None) -> Starlette
         Route("/_emulator/executions", admin_executions, methods=["GET"]),
         Route("/_emulator/faults", admin_get_faults, methods=["GET"]),
         Route("/_emulator/faults", admin_put_faults, methods=["PUT"]),
+        Route("/_emulator/requests", admin_requests, methods=["GET"]),
+        Route("/_emulator/requests", admin_reset_requests, methods=["DELETE"]),
         Route("/_emulator/reset", admin_reset, methods=["POST"]),
     ]
     app = EmulatorApp(

@@ -43,7 +43,7 @@ config file (YAML; every key optional, unknown keys are errors):
                          # the same id with a different one answers 409.
                          # false: every POST executes (a new execution), replacing the
                          # operation record; no 409.
-  seed: 42               # seeds the fault dice, for reproducible fault sequences
+  seed: 42               # seeds the fault and adversary dice, for reproducible runs
   services:
     - id: 6f1c2a4e-0000-4000-8000-000000000001  # path {serviceId}, = attributes.serviceId
       name: sales-vectors                       # attributes.name
@@ -61,6 +61,23 @@ config file (YAML; every key optional, unknown keys are errors):
     dropRate: 0.0        # fraction processed (a run really starts), then the TCP
                          # connection is closed without an answer
     latency: 0s          # delay added before every answer
+    # adversary modes (all off by default; each ...Rate: fraction hit, default 1):
+    notFoundAfterAccept: 0s      # GET of a new operation answers 404 for this long after
+    notFoundAfterAcceptRate: 1   #   its 202 (decided per execution), then normally
+    holdBeforeExecute: 0s        # hold a valid run POST open this long, then execute it,
+    holdBeforeExecuteRate: 1     #   then answer (also when the client has gone)
+    forgetAfter: 0s              # operations older than this answer 404 for good; their
+                                 #   id is unknown again, so a re-POST executes again
+    sameOperationId: false       # the 202 names the first operation ever accepted
+    sameOperationIdRate: 1       #   (the run itself is stored under the sent id)
+    freshOperationId: false      # the run is stored under a fresh UUID, which the 202
+    freshOperationIdRate: 1      #   names; the sent id answers 404
+    wrongIdInGet: false          # GET answers another operation's id (or a random UUID)
+    wrongIdInGetRate: 1
+    unknownStatus: null          # e.g. cancelled or running: reported instead of pending
+    unknownStatusRate: 1
+    echoAuthorization: false     # the request's Authorization header, verbatim, in every
+                                 #   problem+json detail, 429 message and failure detail
 
   durations: Go syntax, e.g. 500ms, 2s, 1m30s, 1.5h, 0; a bare number is seconds.
   command settings: duration (default 0s), fail (default false), failTimes (default 0);
@@ -77,9 +94,12 @@ admin endpoints (no token, never faulted):
   GET  /_emulator/executions   one entry per execution that really started:
                                operationId, serviceId, command, payload, context, status,
                                startedAt, finishedAt (ISO-8601 UTC; null while pending)
-  GET  /_emulator/faults       the faults in force
+  GET  /_emulator/faults       the faults in force (adversary keys only when not default)
   PUT  /_emulator/faults       JSON object of fault keys to change; answers the new faults
-  POST /_emulator/reset        forget operations and executions; faults back to the config
+  GET  /_emulator/requests     API requests counted: {total, routes: {"METHOD template": n}}
+  DELETE /_emulator/requests   the request counts back to zero
+  POST /_emulator/reset        forget operations, executions and request counts; faults
+                               back to the config
 
 environment: RECONCILER_EMULATOR_CONFIG (= --config), RECONCILER_EMULATOR_TOKEN (= --token)
 """

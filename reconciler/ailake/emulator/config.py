@@ -94,47 +94,127 @@ class ServiceConfig:
     commands: Mapping[str, CommandConfig] = field(default_factory=dict)
 
 
+SPEC_STATUSES = ("pending", "succeeded", "failed")
+
+
 @dataclass(frozen=True)
 class FaultConfig:
-    """Fault injection on the AI Lake paths; rates are fractions of requests, 0..1."""
+    """Fault injection on the AI Lake paths; rates are fractions of requests, 0..1.
+
+    The first five are the classic faults (503, 429, drops, latency). The rest are the
+    adversary modes, all off by default: a server that breaks the API's promises (operations
+    invisible after the 202 or forgotten later, requests held past the client's timeout, an
+    ``operation-id`` answer that is not the one sent, wrong ids or unknown statuses in GET
+    answers, the ``Authorization`` header echoed into error bodies). A duration of ``0``
+    and ``false``/``null`` mean off; each ``...Rate`` is the fraction of the affected
+    requests a mode hits once it is on (default 1: all of them).
+    """
 
     error_rate: float = 0.0
     throttle_rate: float = 0.0
     retry_after: int = 1
     drop_rate: float = 0.0
     latency: float = 0.0
+    not_found_after_accept: float = 0.0
+    not_found_after_accept_rate: float = 1.0
+    hold_before_execute: float = 0.0
+    hold_before_execute_rate: float = 1.0
+    forget_after: float = 0.0
+    same_operation_id: bool = False
+    same_operation_id_rate: float = 1.0
+    fresh_operation_id: bool = False
+    fresh_operation_id_rate: float = 1.0
+    wrong_id_in_get: bool = False
+    wrong_id_in_get_rate: float = 1.0
+    unknown_status: str | None = None
+    unknown_status_rate: float = 1.0
+    echo_authorization: bool = False
 
-    def to_dict(self) -> dict[str, Any]:
-        """The faults with the same keys as the config file and ``PUT /_emulator/faults``."""
+    def to_full_dict(self) -> dict[str, Any]:
+        """Every fault key, classic and adversary, with the config-file spelling."""
         return {
             "errorRate": self.error_rate,
             "throttleRate": self.throttle_rate,
             "retryAfter": self.retry_after,
             "dropRate": self.drop_rate,
             "latency": format_duration(self.latency),
+            "notFoundAfterAccept": format_duration(self.not_found_after_accept),
+            "notFoundAfterAcceptRate": self.not_found_after_accept_rate,
+            "holdBeforeExecute": format_duration(self.hold_before_execute),
+            "holdBeforeExecuteRate": self.hold_before_execute_rate,
+            "forgetAfter": format_duration(self.forget_after),
+            "sameOperationId": self.same_operation_id,
+            "sameOperationIdRate": self.same_operation_id_rate,
+            "freshOperationId": self.fresh_operation_id,
+            "freshOperationIdRate": self.fresh_operation_id_rate,
+            "wrongIdInGet": self.wrong_id_in_get,
+            "wrongIdInGetRate": self.wrong_id_in_get_rate,
+            "unknownStatus": self.unknown_status,
+            "unknownStatusRate": self.unknown_status_rate,
+            "echoAuthorization": self.echo_authorization,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The faults as ``GET``/``PUT /_emulator/faults`` answer them.
+
+        The five classic keys always; an adversary key only when it differs from its
+        default, so an emulator without adversary modes answers exactly what it always did.
+        """
+        full = self.to_full_dict()
+        defaults = _DEFAULT_FULL
+        return {
+            key: value
+            for key, value in full.items()
+            if key in _CLASSIC_KEYS or value != defaults[key]
         }
 
     def updated(self, changes: object, *, source: str) -> FaultConfig:
         """A copy with ``changes`` (a mapping of fault keys) applied; raises ``ConfigError``."""
         if not isinstance(changes, Mapping):
             raise ConfigError(f"{source}: faults: must be a mapping of fault keys")
-        current = self.to_dict()
+        current = self.to_full_dict()
         for key, value in changes.items():
             if key not in _FAULT_KEYS:
                 raise ConfigError(
                     f"{source}: faults.{key}: unknown key (allowed: {', '.join(_FAULT_KEYS)})"
                 )
             current[key] = value
+
+        def rate(key: str) -> float:
+            return _rate(current[key], f"{source}: faults.{key}")
+
+        def duration(key: str) -> float:
+            return _duration(current[key], f"{source}: faults.{key}")
+
+        def flag(key: str) -> bool:
+            return _bool(current[key], f"{source}: faults.{key}")
+
         return FaultConfig(
-            error_rate=_rate(current["errorRate"], f"{source}: faults.errorRate"),
-            throttle_rate=_rate(current["throttleRate"], f"{source}: faults.throttleRate"),
+            error_rate=rate("errorRate"),
+            throttle_rate=rate("throttleRate"),
             retry_after=_non_negative_int(current["retryAfter"], f"{source}: faults.retryAfter"),
-            drop_rate=_rate(current["dropRate"], f"{source}: faults.dropRate"),
-            latency=_duration(current["latency"], f"{source}: faults.latency"),
+            drop_rate=rate("dropRate"),
+            latency=duration("latency"),
+            not_found_after_accept=duration("notFoundAfterAccept"),
+            not_found_after_accept_rate=rate("notFoundAfterAcceptRate"),
+            hold_before_execute=duration("holdBeforeExecute"),
+            hold_before_execute_rate=rate("holdBeforeExecuteRate"),
+            forget_after=duration("forgetAfter"),
+            same_operation_id=flag("sameOperationId"),
+            same_operation_id_rate=rate("sameOperationIdRate"),
+            fresh_operation_id=flag("freshOperationId"),
+            fresh_operation_id_rate=rate("freshOperationIdRate"),
+            wrong_id_in_get=flag("wrongIdInGet"),
+            wrong_id_in_get_rate=rate("wrongIdInGetRate"),
+            unknown_status=_unknown_status(current["unknownStatus"], source),
+            unknown_status_rate=rate("unknownStatusRate"),
+            echo_authorization=flag("echoAuthorization"),
         )
 
 
-_FAULT_KEYS = ("errorRate", "throttleRate", "retryAfter", "dropRate", "latency")
+_CLASSIC_KEYS = ("errorRate", "throttleRate", "retryAfter", "dropRate", "latency")
+_DEFAULT_FULL = FaultConfig().to_full_dict()
+_FAULT_KEYS = tuple(_DEFAULT_FULL)
 _TOP_KEYS = ("token", "dedup", "seed", "services", "faults")
 _SERVICE_KEYS = ("id", "name", "status", "commands")
 _COMMAND_KEYS = ("duration", "fail", "failTimes")
@@ -202,6 +282,26 @@ def _rate(value: object, where: str) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ConfigError(f"{where}: must be between 0 and 1, got {value!r}")
     return float(value)
+
+
+def _bool(value: object, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: must be true or false, got {value!r}")
+    return value
+
+
+def _unknown_status(value: object, source: str) -> str | None:
+    where = f"{source}: faults.unknownStatus"
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be a status string (e.g. cancelled) or null")
+    if value in SPEC_STATUSES:
+        raise ConfigError(
+            f"{where}: {value!r} is one of the spec's statuses; name one outside "
+            f"{', '.join(SPEC_STATUSES)} (e.g. cancelled, running)"
+        )
+    return value
 
 
 def _non_negative_int(value: object, where: str) -> int:

@@ -75,6 +75,19 @@ class RunningEmulator:
         self.stop()
 
 
+def _tcp_socket(sock: socket.socket) -> socket.socket:
+    """The same listening socket, re-wrapped so that its ``proto`` reads ``IPPROTO_TCP``.
+
+    ``bind_socket`` creates it with ``proto=0``; asyncio disables Nagle's algorithm only on
+    accepted sockets whose ``proto`` is ``IPPROTO_TCP``, so without this every keep-alive
+    answer whose body uvicorn writes after its headers waited ~40 ms for a delayed ACK.
+    Wrapping the descriptor again lets the socket module read the real protocol from it.
+    """
+    if sock.proto == socket.IPPROTO_TCP:
+        return sock
+    return socket.socket(fileno=sock.detach())
+
+
 def start_background(
     config: EmulatorConfig,
     *,
@@ -84,7 +97,7 @@ def start_background(
 ) -> RunningEmulator:
     """Serve ``config`` on ``host:port`` in a daemon thread; returns once it accepts connections."""
     app = create_app(config, token=token)
-    sock = bind_socket(host, port)
+    sock = _tcp_socket(bind_socket(host, port))
     uv_config = uvicorn.Config(
         app,
         log_level="warning",

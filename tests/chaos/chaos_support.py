@@ -1,10 +1,15 @@
-"""Helpers of the chaos test: a generated scenario, the emulator as a process, the daemon.
+"""Helpers of the chaos tests: a generated scenario, the emulator as a process, the daemon.
 
 The scenario is a few dozen ``ServiceCommand`` manifests over three emulated services,
 with dependency chains, ``service:`` ids and ``serviceName:`` references, an always
 failing command (``fail: true``), commands failing their first execution
 (``failTimes: 1``) and one manifest blocked behind a failing dependency. For every
 manifest it knows how many executions the emulator must show once everything settled.
+
+``tests/chaos/test_chaos.py`` (kill -9 under classic faults) and
+``tests/chaos/test_chaos_matrix.py`` (kill -9, two daemons on one store, under each
+adversary mode) use it; pytest puts this folder on ``sys.path`` (rootdir-relative
+"prepend" imports, no ``__init__.py``), so the tests import it as ``chaos_support``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from typing import Any
 import httpx
 import yaml
 
-from reconciler.planning.planner import desired_intent
+from reconciler.cli.render import status_json
+from reconciler.observe.status import status_rows
+from reconciler.planning.planner import desired_intent, plan
 from reconciler.source.loader import load_manifests
+from reconciler.store.sqlite import Store
 
 SERVICES: tuple[tuple[str, str, dict[str, dict[str, Any]]], ...] = (
     ("6f1c2a4e-0000-4000-8000-00000000c001", "vectors", {
@@ -93,10 +101,12 @@ class Scenario:
         return exp.executions
 
 
-def build_scenario(count: int, *, seed: int, faults: Mapping[str, Any]) -> Scenario:
+def build_scenario(count: int, *, seed: int, faults: Mapping[str, Any],
+                   retry: Mapping[str, Any] = RETRY) -> Scenario:
     """``count`` manifests (at least 8): mostly succeeding commands, 2+ always failing,
     2+ failing once, one blocked behind a failing dependency; every fifth one depends on
-    its predecessor (chains of succeeding manifests)."""
+    its predecessor (chains of succeeding manifests). ``retry``: every manifest's
+    ``spec.retry`` (an always failing command executes ``retry.limit + 1`` times)."""
     assert count >= 8
     rng = random.Random(seed)
     services = [{"id": sid, "name": name, "status": {"ready": True},
@@ -114,7 +124,7 @@ def build_scenario(count: int, *, seed: int, faults: Mapping[str, Any]) -> Scena
         spec["payload"] = {"index": index, "tables": [f"t{index}", f"t{index + 1}"]}
         if index % 3 == 0:
             spec["context"] = {"requestedBy": "chaos", "ticket": f"CH-{index}"}
-        spec["retry"] = dict(RETRY)
+        spec["retry"] = dict(retry)
         if depends:
             spec["dependsOn"] = list(depends)
         return {"apiVersion": "ailake.reconciler/v1", "kind": "ServiceCommand",
@@ -125,7 +135,7 @@ def build_scenario(count: int, *, seed: int, faults: Mapping[str, Any]) -> Scena
         if i < failing:
             name = f"broken-{i:03d}"
             manifests.append(doc(name, SERVICES[0][0], SERVICES[0][1], "broken", i))
-            expected[name] = Expectation(name, RETRY["limit"] + 1, ("stalled",), "fail")
+            expected[name] = Expectation(name, retry["limit"] + 1, ("stalled",), "fail")
         elif i < failing + flaky:
             name = f"flaky-{i:03d}"
             command = f"flaky{i}"  # failTimes counts per service and command
@@ -160,6 +170,20 @@ def operation_ids(manifest_dir: Path, attempts: int = 8) -> dict[str, str]:
         want = desired_intent(command, now)
         for attempt in range(attempts):
             ids[want.operation_id(attempt)] = command.name
+    return ids
+
+
+def attempt_ids(manifest_dir: Path, attempts: int = 8) -> dict[str, tuple[str, int]]:
+    """Operation id -> (manifest name, attempt), for the first ``attempts`` attempts of
+    each manifest as the files in ``manifest_dir`` now say."""
+    load = load_manifests(manifest_dir)
+    assert not load.problems, [str(p) for p in load.problems]
+    now = datetime.now(UTC)
+    ids: dict[str, tuple[str, int]] = {}
+    for command in load.commands:
+        want = desired_intent(command, now)
+        for attempt in range(attempts):
+            ids[want.operation_id(attempt)] = (command.name, attempt)
     return ids
 
 
@@ -229,6 +253,10 @@ class DaemonRun:
     killed: bool
     elapsed: float
 
+    def crashed(self) -> bool:
+        """The run ended in an uncaught exception (a traceback), not by a kill or exit."""
+        return "Traceback (most recent call last)" in self.log.read_text(errors="replace")
+
     def events(self) -> Iterator[dict[str, Any]]:
         for line in self.log.read_text(errors="replace").splitlines():
             line = line.strip()
@@ -260,22 +288,26 @@ class Daemon:
     """Runs ``reconciler run --once`` as a subprocess, one log file per run."""
 
     def __init__(self, manifests: Path, url: str, state: Path, logs: Path,
-                 extra: Sequence[str] = ()) -> None:
+                 extra: Sequence[str] = (), env: Mapping[str, str] | None = None) -> None:
         self.argv = [sys.executable, "-m", "reconciler", "run", "--manifests", str(manifests),
                      "--api-url", url, "--state", str(state), "--listen", "", "--interval",
                      "1s", "--once", "--log-format", "json",
-                     # requests answer within milliseconds here: a 2 s timeout is also how
-                     # long a lookup waits before trusting a 404 for an unanswered POST
-                     "--request-timeout", "2s", *extra]
+                     # requests answer within milliseconds here (no gateway holds them):
+                     # a 3 s settle window is how long a lookup waits before trusting a
+                     # 404 for an unanswered POST
+                     "--request-timeout", "2s", "--settle-window", "3s", *extra]
+        self.env = {**clean_env(), **(env or {})}
         self.logs = logs
         self.logs.mkdir(exist_ok=True)
         self.runs: list[DaemonRun] = []
+        self._started = 0  # processes started (their log files are numbered)
 
     def _start(self, label: str) -> tuple[subprocess.Popen[bytes], Path, Any]:
-        log = self.logs / f"run-{len(self.runs):04d}-{label}.log"
+        log = self.logs / f"run-{self._started:04d}-{label}.log"
+        self._started += 1
         out = log.open("wb")
         proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                env=clean_env())
+                                env=self.env)
         return proc, log, out
 
     def run_and_kill(self, delay: float) -> DaemonRun:
@@ -314,6 +346,43 @@ class Daemon:
         return run
 
 
+    def run_together(self, delays: Sequence[float | None], timeout: float,
+                     label: str = "kill") -> list[DaemonRun]:
+        """Start one daemon per entry of ``delays``, all at once, on the same store; SIGKILL
+        each after its delay (None: let it run to its end). Fails after ``timeout``."""
+        started = time.monotonic()
+        procs = [self._start(label if delay is not None else "final") for delay in delays]
+        killed = [False] * len(procs)
+        ended: list[float | None] = [None] * len(procs)
+        try:
+            while any(p.poll() is None for p, _, _ in procs):
+                elapsed = time.monotonic() - started
+                for i, ((proc, _, _), delay) in enumerate(zip(procs, delays, strict=True)):
+                    if proc.poll() is not None:
+                        ended[i] = ended[i] or elapsed
+                    elif delay is not None and elapsed >= delay:
+                        proc.send_signal(signal.SIGKILL)
+                        proc.wait()
+                        killed[i], ended[i] = True, elapsed
+                if elapsed > timeout:
+                    logs = [str(log) for _, log, _ in procs]
+                    raise AssertionError(f"daemons did not settle within {timeout} s: {logs}")
+                time.sleep(0.005)
+        finally:
+            for proc, _, out in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                out.close()
+        runs = []
+        for i, (proc, log, _) in enumerate(procs):
+            run = DaemonRun(len(self.runs), log, None if killed[i] else proc.returncode,
+                            killed[i], ended[i] or time.monotonic() - started)
+            self.runs.append(run)
+            runs.append(run)
+        return runs
+
+
 def status(manifests: Path, state: Path) -> dict[str, dict[str, Any]]:
     """``reconciler status --output json`` by manifest name."""
     out = subprocess.run(
@@ -321,6 +390,17 @@ def status(manifests: Path, state: Path) -> dict[str, dict[str, Any]]:
          str(manifests), "--output", "json"],
         capture_output=True, text=True, check=True, env=clean_env(), timeout=60)
     return {row["name"]: row for row in json.loads(out.stdout)}
+
+
+def status_in_process(manifests: Path, state: Path) -> dict[str, dict[str, Any]]:
+    """What :func:`status` answers, computed in this process as ``reconciler status
+    --manifests`` does (the same row builder), without a subprocess: by manifest name."""
+    load = load_manifests(manifests)
+    with Store(state, readonly=True) as store:
+        views = plan(load.commands, store.intents(), datetime.now(UTC),
+                     windows=store.latest_windows()).views
+        rows = status_json(status_rows(store.latest_by_name(), views))
+    return {row["name"]: row for row in rows}
 
 
 def count_by_manifest(

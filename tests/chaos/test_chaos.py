@@ -24,7 +24,7 @@ not show up here; if it ever does, the assertion below reports the operation id,
 run logs in ``tmp_path/logs`` tell which run posted it.
 
 Default: 20 kills, 30 manifests (well under 90 s). The big run is opt-in:
-``CHAOS_KILLS=200 CHAOS_MANIFESTS=100 pytest -m slow tests/test_chaos.py`` (also
+``CHAOS_KILLS=200 CHAOS_MANIFESTS=100 pytest -m slow tests/chaos/test_chaos.py`` (also
 ``CHAOS_SEED``, ``CHAOS_MAX_DELAY``: the latest kill moment, default 2.5 s there, as
 loading 100 manifests makes start-up longer).
 """

@@ -1,0 +1,37 @@
+"""The PostgreSQL test server (one per session, started on first use) and the
+``store_backend`` fixture that runs a store test on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pg_support import Backend, PgServer, skip_reason
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A fresh, empty store location: a SQLite file, or a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        backend = Backend("sqlite", str(tmp_path / "state" / "reconciler.db"))
+    else:
+        server: PgServer = request.getfixturevalue("pg_server")
+        database = server.create_database()
+        backend = Backend("postgresql", server.url(database), server, database)
+    try:
+        yield backend
+    finally:
+        backend.close()
