@@ -113,11 +113,9 @@ def test_huge_operation_answers_cost_the_daemon_no_memory(
     api.operation = make()
     daemon = _daemon(tmp_path, api)
     try:
+        started = time.monotonic()
         with PeakSampler(daemon.popen.pid) as peak:
             _wait(lambda: api.hits["operation"] >= 3, 40, daemon, "three huge answers")
-        started = time.monotonic()
-        _wait(lambda: "answer too large" in daemon.stdout()
-              or "not kept" in daemon.stdout(), 20, daemon, "the error logged")
         took = time.monotonic() - started
         row = _status(daemon)
     finally:
@@ -126,7 +124,7 @@ def test_huge_operation_answers_cost_the_daemon_no_memory(
     figure(f"api.{case}", answers=api.hits["operation"], answer_mib=100,
            rss_mib=peak.baseline, peak_rss_mib=peak.peak,
            peak_growth_mib=peak.peak - peak.baseline, store_bytes=stored,
-           logged_after_s=took)
+           three_answers_in_s=took)
     assert peak.peak - peak.baseline < GROWTH_LIMIT_MIB
     assert stored < 2 * MiB, "nothing of the answers is stored"
     assert row["state"] == "pending" and row["attempts"] == 1

@@ -221,21 +221,28 @@ def test_a_body_dripped_slowly_is_cut_at_the_body_timeout(daemon: Proc) -> None:
 # ---------------------------------------------------------------- bodies
 
 
-@pytest.mark.parametrize(("path", "declared"), [(HOOK, 2 * MiB), (HOOK, 10**12),
-                                                 ("/status", MiB), ("/metrics", 10**9)])
-def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(
-        daemon: Proc, path: str, declared: int) -> None:
+@pytest.mark.parametrize(("path", "declared", "signature", "expected"), [
+    (HOOK, 2 * MiB, SIG_FORMAT, 413), (HOOK, 10**12, SIG_FORMAT, 413),
+    ("/status", MiB, SIG_FORMAT, 413), ("/metrics", 10**9, SIG_FORMAT, 413),
+    (HOOK, MiB, None, 401), (HOOK, MiB, "sha256=not-hex", 401)])
+def test_a_body_is_refused_before_it_is_read(
+        daemon: Proc, path: str, declared: int, signature: str | None, expected: int) -> None:
+    """Only the headers are sent: the answer comes without waiting for the body."""
     method = "POST" if path == HOOK else "GET"
+    headers = [f"Content-Length: {declared}"]
+    if signature is not None:
+        headers.append(f"X-Hub-Signature-256: {signature}")
     with connect(daemon.url) as sock:
         started = time.monotonic()
-        sock.sendall(_request(method, path, f"X-Hub-Signature-256: {SIG_FORMAT}",
-                              f"Content-Length: {declared}"))
+        sock.sendall(_request(method, path, *headers))
         status = read_status(sock)
         answered = time.monotonic() - started
         closed = wait_closed(sock, 5)
-    figure(f"listener.declared-too-large[{path}]", declared=declared, status=status,
-           answered_s=answered, closed_s=closed)
-    assert status == 413 and answered < 2.0
+    form = {None: "unsigned", SIG_FORMAT: "signed"}.get(signature, "malformed-signature")
+    case = f"{path}:{declared}:{form}"
+    figure(f"listener.refused-unread[{case}]", status=status, answered_s=answered,
+           closed_s=closed)
+    assert status == expected and answered < 2.0
     assert closed is not None, "the connection is closed: the body is never read"
 
 
@@ -295,7 +302,10 @@ async def test_unsigned_bodies_are_refused_unread_in_bounded_memory(daemon: Proc
     figure("listener.unsigned-1MiB-x300", statuses=dict(statuses), seconds=took,
            rss_mib=peak.baseline, peak_rss_mib=peak.peak,
            peak_growth_mib=peak.peak - peak.baseline)
-    assert statuses[401] >= 290, statuses  # a few may be reset before their answer is read
+    # each is answered 401 and closed at once; a client still sending its body usually
+    # sees the connection reset (None) before it reads that answer
+    assert set(statuses) <= {401, None}, statuses
+    assert took < 15
     assert peak.peak - peak.baseline < 60
     _alive(daemon)
 

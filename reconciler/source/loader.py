@@ -27,24 +27,27 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import math
 import os
-import re
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import yaml
-
 from reconciler.errors import Problem
-from reconciler.model.manifest import API_VERSION, KIND, LoadResult, ServiceCommand
-from reconciler.source.composer import UNNAMED, Located, RawDocument, compose, show
+from reconciler.model.manifest import LoadResult, ServiceCommand
+from reconciler.source.composer import UNNAMED, Located, compose, show
+from reconciler.source.fast_path import _parse_fast as _parse_fast
+from reconciler.source.fast_path import _surely_valid as _surely_valid
 from reconciler.source.files import MAX_FILES, FileEntry, list_files, read_bounded
+from reconciler.source.load_cache import _FileMemo as _FileMemo
+from reconciler.source.load_cache import _memo as _memo
+from reconciler.source.load_cache import _SourceMemo as _SourceMemo
+from reconciler.source.load_cache import _stat as _stat
+from reconciler.source.load_cache import clear_cache as clear_cache
+from reconciler.source.parsed import _Doc as _Doc
+from reconciler.source.parsed import _Parsed as _Parsed
 from reconciler.source.revision import git_revision
 from reconciler.source.schema import schema_problems
 from reconciler.source.semantics import build, cross_checks, document_name
@@ -58,71 +61,11 @@ MAX_FILE_BYTES = 1024 * 1024
 #: would not show in its mtime)
 RACY_SECONDS = 2.0
 _RACY_NS = int(RACY_SECONDS * 1e9)
-#: longer texts take the full path: below this, a document cannot hold more values than
-#: the composer's bound (:data:`reconciler.source.composer.MAX_NODES`)
-_FAST_MAX_CHARS = 150_000
-#: as the composer's own fast path: more flow openers and libyaml's recursion is not trusted
-_FAST_MAX_FLOW = 1000
-#: deepest payload the fast path takes (the composer's bound is 100 levels in all)
-_FAST_MAX_PAYLOAD_DEPTH = 50
-#: sources whose files are remembered (each directory or git path loaded)
-_MEMO_SOURCES = 8
 #: a load that built at least this many documents freezes the heap for the collector
 _FREEZE_AFTER = 1000
 
 
 # ------------------------------------------------------------------ one file
-
-
-@dataclass(frozen=True)
-class _Doc:
-    """One document of a file, validated on its own (what other files cannot change)."""
-
-    file: str
-    name: str
-    located: Located
-    #: schema problems: the document is invalid, nothing was built
-    problems: tuple[Problem, ...]
-    #: the built command (None: semantic problems) and its problems; None when ``problems``
-    built: tuple[ServiceCommand | None, tuple[Problem, ...]] | None
-
-    def name_line(self) -> int:
-        return self.located.line_of(["metadata", "name"])
-
-
-@dataclass(frozen=True)
-class _Parsed:
-    """One file: the problems that are documents of their own (syntax errors, not a
-    mapping, too large), and every named or nameless mapping document in order."""
-
-    problems: tuple[Problem, ...]
-    docs: tuple[_Doc, ...]
-
-
-class _LazyLocated(Located):
-    """The lines of one fast-path document, computed (by composing its file again) only
-    when a problem asks for one."""
-
-    def __init__(self, text: str, file: str, line: int, index: int) -> None:
-        super().__init__()
-        self._source: tuple[str, str, int, int] | None = (text, file, line, index)
-
-    def line_of(self, path: Sequence[str | int], *, key: bool = False) -> int:
-        if self._source is not None:
-            self._resolve()
-        return super().line_of(path, key=key)
-
-    def _resolve(self) -> None:
-        assert self._source is not None
-        text, file, line, index = self._source
-        self._source = None
-        raw = [item for item in compose(text, file) if isinstance(item, RawDocument)]
-        found = next((d for d in raw if d.line == line), None)
-        if found is None and index < len(raw):  # pragma: no cover - same parser, same lines
-            found = raw[index]
-        if found is not None:
-            self.value_lines = found.located.value_lines
-            self.key_lines = found.located.key_lines
 
 
 def _parse_file(file: str, text: str) -> _Parsed:
@@ -155,194 +98,6 @@ def _parse_full(file: str, text: str) -> _Parsed:
         docs.append(_Doc(file, name, item.located, schema, built))
     return _Parsed(tuple(problems), tuple(docs))
 
-
-class _Unusual(Exception):
-    """The fast path met something only the full path may judge."""
-
-
-def _unusual(*_args: Any) -> Any:
-    raise _Unusual
-
-
-_TAG = "tag:yaml.org,2002:"
-_STR_TAG = _TAG + "str"
-
-_FastLoader: type[Any] | None = None
-if getattr(yaml, "__with_libyaml__", False):
-
-    class _CFastLoader(yaml.CSafeLoader):
-        """libyaml's parser and composer, then plain values: what the composer would make
-        of the same nodes, or :class:`_Unusual`."""
-
-        def construct_mapping(self, node: yaml.MappingNode,  # type: ignore[override]
-                              deep: bool = False) -> dict[str, Any]:
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                if key_node.tag != _STR_TAG or not isinstance(key_node, yaml.ScalarNode):
-                    raise _Unusual  # not text, a merge key, a complex key
-                key = key_node.value
-                if key in out:
-                    raise _Unusual  # a duplicate: the full path names both lines
-                out[key] = self.construct_object(value_node, deep=deep)
-            return out
-
-        def construct_finite_float(self, node: yaml.ScalarNode) -> float:
-            value = self.construct_yaml_float(node)
-            if not math.isfinite(value):
-                raise _Unusual
-            return value
-
-        def construct_timestamp_text(self, node: yaml.ScalarNode) -> str:
-            return str(node.value)  # dates stay text, as the composer keeps them
-
-    _safe = yaml.constructor.SafeConstructor.yaml_constructors
-    _CFastLoader.yaml_constructors = {
-        _TAG + "null": _safe[_TAG + "null"],
-        _TAG + "bool": _safe[_TAG + "bool"],
-        _TAG + "int": _safe[_TAG + "int"],
-        _TAG + "float": _CFastLoader.construct_finite_float,
-        _TAG + "str": _safe[_TAG + "str"],
-        _TAG + "timestamp": _CFastLoader.construct_timestamp_text,
-        _TAG + "seq": _safe[_TAG + "seq"],
-        _TAG + "map": _safe[_TAG + "map"],
-        None: _unusual,
-    }
-    _CFastLoader.yaml_multi_constructors = {}
-    _FastLoader = _CFastLoader
-
-
-def _parse_fast(file: str, text: str) -> _Parsed | None:
-    """The file through libyaml straight to values, every document surely valid for the
-    schema; None when anything needs the full path."""
-    if (_FastLoader is None or len(text) > _FAST_MAX_CHARS or "&" in text or "!" in text
-            or "<<" in text or text.count("[") + text.count("{") > _FAST_MAX_FLOW):
-        return None
-    found: list[tuple[int, dict[str, Any]]] = []
-    loader = _FastLoader(text)
-    try:
-        while loader.check_node():
-            node = loader.get_node()
-            data = loader.construct_document(node)
-            if data is None:
-                continue  # an empty document
-            if not _surely_valid(data):
-                return None
-            found.append((node.start_mark.line + 1, data))
-    except Exception:
-        return None
-    finally:
-        loader.dispose()
-    docs = []
-    for index, (line, data) in enumerate(found):
-        name = data["metadata"]["name"]
-        located = _LazyLocated(text, file, line, index)
-        command, problems = build(RawDocument(file, line, data, located), name)
-        docs.append(_Doc(file, name, located, (), (command, tuple(problems))))
-    return _Parsed((), tuple(docs))
-
-
-# ------------------------------------------------------------------ the schema, strictly
-
-_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
-_COMMAND = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_DURATION = re.compile(r"0|([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+")
-_TOP = frozenset({"apiVersion", "kind", "metadata", "spec"})
-_METADATA = frozenset({"name", "labels", "annotations"})
-_SPEC = frozenset({"service", "serviceName", "command", "payload", "context", "policy",
-                   "rerun", "timeout", "retry", "dependsOn", "suspend"})
-_RETRY = frozenset({"limit", "backoff", "maxBackoff"})
-_SCHEDULE = frozenset({"schedule", "timezone", "startingDeadline"})
-
-
-def _text(value: object, pattern: re.Pattern[str] | None = None, *, low: int = 1,
-          high: int | None = None) -> bool:
-    if type(value) is not str or len(value) < low or (high is not None and len(value) > high):
-        return False
-    return pattern is None or pattern.fullmatch(value) is not None
-
-
-def _texts(value: object, *, null: bool = False) -> bool:
-    """A mapping of text to text (or null)."""
-    return type(value) is dict and all(
-        type(v) is str or (null and v is None) for v in value.values())
-
-
-def _shallow(value: object, depth: int) -> bool:
-    if depth > _FAST_MAX_PAYLOAD_DEPTH:
-        return False
-    if type(value) is dict:
-        return all(_shallow(v, depth + 1) for v in value.values())
-    if type(value) is list:
-        return all(_shallow(v, depth + 1) for v in value)
-    return True
-
-
-def _surely_valid(data: object) -> bool:
-    """True only for a document the JSON Schema accepts (stricter where it is cheaper:
-    ``$`` does not accept a trailing newline, an integer is an ``int``): what this says
-    is valid needs no schema validation; anything else gets it."""
-    if type(data) is not dict or data.keys() != _TOP:
-        return False
-    if data["apiVersion"] != API_VERSION or data["kind"] != KIND:
-        return False
-    meta, spec = data["metadata"], data["spec"]
-    if type(meta) is not dict or not meta.keys() <= _METADATA:
-        return False
-    if not _text(meta.get("name"), _NAME, high=63):
-        return False
-    if ("labels" in meta and not _texts(meta["labels"])) or (
-            "annotations" in meta and not _texts(meta["annotations"])):
-        return False
-    if type(spec) is not dict or not spec.keys() <= _SPEC:
-        return False
-    if not _text(spec.get("command"), _COMMAND, high=255):
-        return False
-    for key in ("service", "serviceName"):
-        if key in spec and not _text(spec[key]):
-            return False
-    if "payload" in spec and not (type(spec["payload"]) is dict
-                                  and _shallow(spec["payload"], 0)):
-        return False
-    if "context" in spec and not _texts(spec["context"], null=True):
-        return False
-    if "policy" in spec and not _policy(spec["policy"]):
-        return False
-    if "rerun" in spec and type(spec["rerun"]) not in (str, int):
-        return False
-    if "timeout" in spec and not _text(spec["timeout"], _DURATION):
-        return False
-    if "retry" in spec:
-        retry = spec["retry"]
-        if type(retry) is not dict or not retry.keys() <= _RETRY:
-            return False
-        if "limit" in retry and not (type(retry["limit"]) is int and 0 <= retry["limit"] <= 100):
-            return False
-        for key in ("backoff", "maxBackoff"):
-            if key in retry and not _text(retry[key], _DURATION):
-                return False
-    if "dependsOn" in spec:
-        deps = spec["dependsOn"]
-        if type(deps) is not list or not all(_text(d, _NAME) for d in deps):
-            return False
-        if len(set(deps)) != len(deps):
-            return False
-    return "suspend" not in spec or type(spec["suspend"]) is bool
-
-
-def _policy(policy: object) -> bool:
-    if policy == "once" and type(policy) is str:
-        return True
-    if type(policy) is not dict:
-        return False
-    if policy.keys() == {"interval"}:
-        return _text(policy["interval"], _DURATION)
-    if "schedule" not in policy or not policy.keys() <= _SCHEDULE:
-        return False
-    if not _text(policy["schedule"]):
-        return False
-    if "timezone" in policy and not _text(policy["timezone"]):
-        return False
-    return "startingDeadline" not in policy or _text(policy["startingDeadline"], _DURATION)
 
 
 # ------------------------------------------------------------------ across files
@@ -469,61 +224,8 @@ def _too_large(file: str, size: int) -> Problem:
                    f"{MAX_FILE_BYTES} bytes (1 MiB); not parsed")
 
 
+
 # ------------------------------------------------------------------ files on disk
-
-_Stat = tuple[int, int, int, int, int]
-
-
-@dataclass(frozen=True)
-class _FileMemo:
-    """What one file was at its last load: where, its stat, whether that stat can be
-    trusted, its content digest, and its validated documents."""
-
-    path: str
-    stat: _Stat | None
-    trusted: bool
-    digest: bytes
-    parsed: _Parsed
-
-
-@dataclass
-class _SourceMemo:
-    """The last load of one source: each file, the tree's signature and the result."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    files: dict[str, _FileMemo] = field(default_factory=dict)
-    signature: tuple[Any, ...] | None = None
-    result: LoadResult | None = None
-
-
-_memos: OrderedDict[tuple[Any, ...], _SourceMemo] = OrderedDict()
-_memos_lock = threading.Lock()
-
-
-def clear_cache() -> None:
-    """Forget every file and tree remembered (tests, benchmarks of a cold load)."""
-    with _memos_lock:
-        _memos.clear()
-
-
-def _memo(key: tuple[Any, ...]) -> _SourceMemo:
-    with _memos_lock:
-        memo = _memos.get(key)
-        if memo is None:
-            memo = _memos[key] = _SourceMemo()
-            while len(_memos) > _MEMO_SOURCES:
-                _memos.popitem(last=False)
-        else:
-            _memos.move_to_end(key)
-        return memo
-
-
-def _stat(path: str) -> _Stat | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_one(entry: FileEntry) -> bytes | Problem:
