@@ -1,5 +1,6 @@
-"""The PostgreSQL test server (one per session, started on first use) and the
-``store_backend`` fixture that runs a store test on SQLite and on PostgreSQL."""
+"""The PostgreSQL test server (one per session, started on first use), the
+``store_backend`` fixture that runs a store test on SQLite and on PostgreSQL, and a
+logging reset so that no test sees the log level an earlier in-process CLI call set."""
 
 from __future__ import annotations
 
@@ -7,7 +8,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from pg_support import Backend, PgServer, skip_reason
+
+
+@pytest.fixture(autouse=True)
+def _default_logging() -> Iterator[None]:
+    """Each test starts from structlog's defaults (CLI commands configure level=error)."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture(scope="session")
