@@ -525,3 +525,24 @@ def test_a_git_sync_worktree_names_the_revision_without_a_git_binary(tmp_path: P
         "apiVersion: ailake.reconciler/v1\nkind: ServiceCommand\n"
         "metadata: {name: a}\nspec: {service: s, command: c}\n")
     assert load_manifests(link / "manifests").revision == sha
+
+
+# ------------------------------------------------------------------ dependsOn of rejected documents
+
+
+def test_an_unknown_target_of_a_schema_rejected_document_is_told_with_its_line() -> None:
+    result = load_text(manifest("a", "  tiemout: 10m\n  dependsOn: [missing, a-peer]\n")
+                       + "---\n" + manifest("a-peer"))
+    assert "m.yaml:9: a: spec.dependsOn[0]: no manifest is named 'missing'" in lines(result)
+    assert [c.name for c in result.commands] == ["a-peer"]
+
+
+def test_an_unknown_target_of_a_semantically_rejected_document_is_told() -> None:
+    result = load_text(manifest("a", "  timeout: 10 minutes\n  dependsOn: [a-peer]\n"))
+    assert any("no manifest is named 'a-peer'" in line for line in lines(result))
+
+
+def test_a_repeated_unknown_target_of_a_rejected_document_is_told_once() -> None:
+    result = load_text(manifest("a", "  dependsOn: [gone, gone]\n"))
+    told = [line for line in lines(result) if "no manifest is named 'gone'" in line]
+    assert len(told) == 1

@@ -238,9 +238,6 @@ def test_validate_output_works_like_every_other_commands(tmp_path: Path) -> None
     assert json.loads(by_env.stdout) == json.loads(short.stdout)
 
 
-@pytest.mark.xfail(strict=True, reason="the cross-file rule (dependsOn targets) runs in "
-                   "reconciler/source/loader.py on valid documents only; it must also get "
-                   "the dependsOn of documents the schema rejected")
 def test_an_unknown_dependency_of_a_document_with_a_schema_error_is_told_at_once(
         tmp_path: Path) -> None:
     path = _document(tmp_path, "  timeout: 600\n  dependsOn: [provision-nothing]\n")

@@ -18,7 +18,7 @@ import yaml
 from reconciler.model.manifest import API_VERSION, KIND
 from reconciler.source.composer import Located, RawDocument, compose
 from reconciler.source.parsed import _Doc, _Parsed
-from reconciler.source.semantics import build
+from reconciler.source.semantics import build, raw_depends_on
 
 #: longer texts take the full path: below this, a document cannot hold more values than
 #: the composer's bound (:data:`reconciler.source.composer.MAX_NODES`)
@@ -137,7 +137,8 @@ def _parse_fast(file: str, text: str) -> _Parsed | None:
         name = data["metadata"]["name"]
         located = _LazyLocated(text, file, line, index)
         command, problems = build(RawDocument(file, line, data, located), name)
-        docs.append(_Doc(file, name, located, (), (command, tuple(problems))))
+        docs.append(_Doc(file, name, located, (), (command, tuple(problems)),
+                         raw_depends_on(data) if command is None else ()))
     return _Parsed((), tuple(docs))
 
 

@@ -50,7 +50,13 @@ from reconciler.source.parsed import _Doc as _Doc
 from reconciler.source.parsed import _Parsed as _Parsed
 from reconciler.source.revision import git_revision
 from reconciler.source.schema import schema_problems
-from reconciler.source.semantics import build, cross_checks, document_name
+from reconciler.source.semantics import (
+    build,
+    cross_checks,
+    document_name,
+    raw_depends_on,
+    unknown_targets,
+)
 
 __all__ = ["MAX_FILE_BYTES", "RACY_SECONDS", "clear_cache", "load_manifests",
            "parse_documents"]
@@ -95,7 +101,9 @@ def _parse_full(file: str, text: str) -> _Parsed:
         if not schema:
             command, built_problems = build(item, name)
             built = (command, tuple(built_problems))
-        docs.append(_Doc(file, name, item.located, schema, built))
+        rejected = built is None or built[0] is None
+        docs.append(_Doc(file, name, item.located, schema, built,
+                         raw_depends_on(item.data) if rejected else ()))
     return _Parsed(tuple(problems), tuple(docs))
 
 
@@ -136,6 +144,7 @@ def _assemble(files: Sequence[_Parsed]) -> _Assembled:
     commands: list[ServiceCommand] = []
     named: dict[str, _Doc] = {}
     located: dict[str, Located] = {}
+    rejected: list[_Doc] = []
     invalid = 0
     for parsed in files:
         problems.extend(parsed.problems)
@@ -161,7 +170,11 @@ def _assemble(files: Sequence[_Parsed]) -> _Assembled:
             if doc_problems:
                 problems.extend(doc_problems)
                 invalid += 1
-    valid, cross = cross_checks(commands, _NameLines(named), located)
+                rejected.append(doc)
+    names = _NameLines(named)
+    for doc in rejected:  # already invalid: their unknown targets are told, not counted
+        problems.extend(unknown_targets(doc.file, doc.name, doc.depends_on, doc.located, names))
+    valid, cross = cross_checks(commands, names, located)
     problems.extend(cross)
     invalid += len({p.name for p in cross})
     return _Assembled(tuple(valid), tuple(problems), invalid)

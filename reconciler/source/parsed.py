@@ -25,6 +25,9 @@ class _Doc:
     problems: tuple[Problem, ...]
     #: the built command (None: semantic problems) and its problems; None when ``problems``
     built: tuple[ServiceCommand | None, tuple[Problem, ...]] | None
+    #: ``(index, target)`` of the ``dependsOn`` entries of a document that built nothing
+    #: (its unknown targets are told too); empty for a built command
+    depends_on: tuple[tuple[int, str], ...] = ()
 
     def name_line(self) -> int:
         return self.located.line_of(["metadata", "name"])

@@ -29,7 +29,14 @@ from reconciler.model.manifest import (
 )
 from reconciler.source.composer import UNNAMED, Located, RawDocument, dotted, printable_name
 
-__all__ = ["build", "cross_checks", "document_name", "semantic_problems"]
+__all__ = [
+    "build",
+    "cross_checks",
+    "document_name",
+    "raw_depends_on",
+    "semantic_problems",
+    "unknown_targets",
+]
 
 #: a JSON path into a document
 Path = tuple[str | int, ...]
@@ -255,14 +262,11 @@ def cross_checks(
         return located[cmd.name].line_of(["spec", "dependsOn", cmd.depends_on.index(dep)])
 
     for cmd in commands:
-        for i, dep in enumerate(cmd.depends_on):
-            if dep not in named:
-                close = difflib.get_close_matches(dep, list(named), n=1, cutoff=0.75)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(Problem(cmd.file, entry_line(cmd, dep), cmd.name,
-                                        f"spec.dependsOn[{i}]: no manifest is named "
-                                        f"{dep!r}{hint}"))
-                bad.add(cmd.name)
+        unknown = unknown_targets(cmd.file, cmd.name, tuple(enumerate(cmd.depends_on)),
+                                  located[cmd.name], named)
+        if unknown:
+            problems.extend(unknown)
+            bad.add(cmd.name)
     graph = {c.name: [d for d in c.depends_on if d in by_name] for c in commands}
     for cycle in _cycles(graph):
         members = cycle[:-1]
@@ -276,6 +280,33 @@ def cross_checks(
                 f"{' -> '.join(rotated)}"))
             bad.add(member)
     return [c for c in commands if c.name not in bad], problems
+
+
+def raw_depends_on(data: Any) -> tuple[tuple[int, str], ...]:
+    """``(index, target)`` of each string in a document's ``spec.dependsOn``, whatever else
+    is wrong with the document: a document the schema rejected still names its targets."""
+    spec = data.get("spec") if isinstance(data, dict) else None
+    raw = spec.get("dependsOn") if isinstance(spec, dict) else None
+    if not isinstance(raw, list):
+        return ()
+    return tuple((i, dep) for i, dep in enumerate(raw) if isinstance(dep, str))
+
+
+def unknown_targets(file: str, name: str, entries: Sequence[tuple[int, str]],
+                    located: Located, named: Mapping[str, object]) -> list[Problem]:
+    """A problem (at the entry's line, with a close match as a hint) for each
+    ``dependsOn`` entry that names no manifest of the tree."""
+    problems: list[Problem] = []
+    told: set[str] = set()
+    for i, dep in entries:
+        if dep in named or dep in told:
+            continue
+        told.add(dep)
+        close = difflib.get_close_matches(dep, list(named), n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        problems.append(Problem(file, located.line_of(["spec", "dependsOn", i]), name,
+                                f"spec.dependsOn[{i}]: no manifest is named {dep!r}{hint}"))
+    return problems
 
 
 def _cycles(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
