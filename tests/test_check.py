@@ -366,6 +366,13 @@ def test_an_existing_store_is_checked_read_only_and_counted(tmp_path: Path) -> N
     assert store_check(str(tmp_path / "junk.db")).failed
 
 
+def test_a_damaged_store_is_told_with_the_recover_command(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_text("not a database at all, not even close" * 100)
+    found = store_check(str(junk))
+    assert found.failed and f"reconciler store recover --state {junk}" in found.hint
+
+
 def test_a_missing_source_and_invalid_manifests(tmp_path: Path) -> None:
     [source, manifests], load = source_checks(tmp_path / "nowhere", None)
     assert load is None and source.failed and "does not exist" in source.message

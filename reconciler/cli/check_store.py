@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from reconciler.cli.checks import HINT_STORE, Check, failing, passing, uid
 from reconciler.errors import StoreError
-from reconciler.store import SCHEMA_VERSION, open_store, sqlite_path
+from reconciler.store import SCHEMA_VERSION, open_store, recovery_hint, sqlite_path
 
 __all__ = ["safe_location", "store_check"]
 
@@ -106,8 +106,8 @@ def _existing_store(file: Path) -> Check:
             db.close()
     except sqlite3.DatabaseError as exc:
         return failing("store", f"cannot read {file}: {exc}",
-                     "is it a reconciler state store? Move it away to start a new one "
-                     "(the adoption pass finds every operation again)", fatal=True)
+                     f"is it a reconciler state store? If it is, {recovery_hint(str(file))}",
+                     fatal=True)
     if version > SCHEMA_VERSION:
         return failing("store", f"{file} has schema version {version}, newer than this "
                      f"reconciler's {SCHEMA_VERSION}", "upgrade the reconciler", fatal=True)

@@ -16,6 +16,7 @@ from reconciler.errors import StoreError
 from reconciler.store.postgres import PASSWORD_FILE_ENV, PostgresStore, is_postgres_url
 from reconciler.store.protocol import Store as StateStore
 from reconciler.store.sqlite import SCHEMA_VERSION, Store
+from reconciler.store.sqlite_schema import recovery_hint
 
 __all__ = [
     "PASSWORD_FILE_ENV",
@@ -26,6 +27,7 @@ __all__ = [
     "Store",
     "is_postgres_url",
     "open_store",
+    "recovery_hint",
     "sqlite_path",
 ]
 
