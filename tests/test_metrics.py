@@ -482,3 +482,27 @@ def test_operation_duration_buckets_span_seconds_to_a_day(store: Store) -> None:
     finite = [v for lbl, v in samples[P + "operation_duration_seconds_bucket"]
               if lbl["le"] != "+Inf" and float(lbl["le"]) < 24 * 3600]
     assert max(finite) == 1
+
+
+def test_a_scrape_sees_what_another_connection_recorded_since_the_last(
+        tmp_path: Path, store: Store) -> None:
+    metrics = Metrics(store)
+    load = _load(tmp_path, "alpha")
+    _feed_load(metrics, load)
+    current = plan(load.commands, store.intents(), NOW)
+    _, samples = scrape(metrics)
+    assert value(samples, "command_failed", name="alpha") == 0
+    with Store(tmp_path / "state.db") as other:  # e.g. `reconciler retry`, another process
+        _record(other, current, "alpha", "stalled", at=NOW)
+    _, samples = scrape(metrics)
+    assert value(samples, "command_stalled", name="alpha") == 1
+
+
+def test_an_unchanged_store_and_load_is_scraped_from_the_kept_text(
+        tmp_path: Path, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics(store)
+    _feed_load(metrics, _load(tmp_path, "alpha", "beta"))
+    first = metrics.exposition()
+    monkeypatch.setattr(store, "intents", lambda **_: pytest.fail("read again"))
+    _feed_load(metrics, _load(tmp_path, "alpha", "beta"))  # the same manifests again
+    assert metrics.exposition() == first

@@ -635,3 +635,31 @@ def test_of_writers_racing_from_one_version_exactly_one_wins(store_backend, reco
         winner = steps[results.index(True)].record
         assert stores[1].intent(A.spec_hash) == winner
         assert len(stores[2].operations()) == 1
+
+
+# ------------------------------------------------------------------ repeated reads
+
+
+def test_a_repeated_read_sees_a_commit_of_another_connection(path: Path) -> None:
+    reader = Store(path)
+    assert reader.intents() == {} and reader.names() == set()
+    writer = Ledger(Store(path))
+    writer.submitted(A, T0)
+    assert [r.name for r in reader.intents().values()] == ["a"]
+    assert reader.names() == {"a"} and set(reader.latest_by_name()) == {"a"}
+
+
+def test_a_repeated_read_sees_this_connections_own_commit(path: Path) -> None:
+    ledger = Ledger(Store(path))
+    ledger.submitted(A, T0)
+    assert ledger.store.intents()[A.spec_hash].status == "submitting"
+    ledger.accepted(A, T0 + seconds(1), poll_at=T0 + seconds(2))
+    assert ledger.store.intents()[A.spec_hash].status == "pending"
+
+
+def test_changing_what_a_read_returned_does_not_change_the_next_read(path: Path) -> None:
+    ledger = Ledger(Store(path))
+    ledger.submitted(A, T0)
+    ledger.store.intents().clear()
+    ledger.store.names().clear()
+    assert list(ledger.store.intents()) == [A.spec_hash] and ledger.store.names() == {"a"}

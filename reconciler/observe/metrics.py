@@ -201,8 +201,14 @@ class Metrics:
         self._preinit()
         self._revision: str | None = None
         self._source_errors_seen = 0
+        self.store = store
+        #: the per-manifest families, in a registry of their own: their text is kept
+        #: (:meth:`exposition`) until the store or the loaded manifests change
+        self._per_manifest = CollectorRegistry(auto_describe=False)
+        self._known_changes = 0
+        self._rendered: tuple[object, bytes] | None = None
         if store is not None:
-            r.register(StoreCollector(store, self))
+            self._per_manifest.register(StoreCollector(store, self))
 
     def _preinit(self) -> None:
         """Every series known in advance, at zero (so ``increase()`` sees the first one)."""
@@ -245,7 +251,10 @@ class Metrics:
         ``manifest_invalid`` series; the others vanish). ``source``: the source's status,
         for its freshness and error count; without it the source counts as read ``now``.
         """
-        self.known = {name: _Known(service, command) for name, service, command in commands}
+        known = {name: _Known(service, command) for name, service, command in commands}
+        if known != self.known:
+            self.known = known
+            self._known_changes += 1
         for k in self.known.values():
             for outcome in OUTCOMES:
                 self.operations.labels(service=k.service, command=k.command, outcome=outcome)
@@ -289,4 +298,15 @@ class Metrics:
                 self.intents.labels(state=state).set(count)
 
     def exposition(self) -> bytes:
-        return prometheus_client.generate_latest(self.registry)
+        """The text of every metric. The per-manifest families (four series per manifest)
+        are rendered again only when the store or the loaded manifests changed since."""
+        return prometheus_client.generate_latest(self.registry) + self._per_manifest_text()
+
+    def _per_manifest_text(self) -> bytes:
+        generation = self.store.generation() if self.store is not None else None
+        key = (generation, self._known_changes)
+        if generation is not None and self._rendered is not None and self._rendered[0] == key:
+            return self._rendered[1]
+        text = prometheus_client.generate_latest(self._per_manifest)
+        self._rendered = (key, text)
+        return text

@@ -252,6 +252,10 @@ class PostgresStore:
     def names(self) -> set[str]:
         return {r["name"] for r in self._rows("SELECT DISTINCT name FROM intents")}
 
+    def generation(self) -> None:
+        """Not known cheaply (other replicas write through their own connections)."""
+        return None
+
     # ------------------------------------------------------------------ writes
 
     def save(self, step: Step) -> bool:

@@ -9,7 +9,7 @@ to the ones written. :func:`reconciler.store.open_store` picks one by the locati
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -58,6 +58,11 @@ class Store(Protocol):
 
     def names(self) -> set[str]:
         """Every manifest name recorded (history included)."""
+        ...
+
+    def generation(self) -> Hashable | None:
+        """A token that differs whenever anything was written since (by any process);
+        None when the backend cannot tell cheaply, so readers must read again."""
         ...
 
     # ------------------------------------------------------------------ writes

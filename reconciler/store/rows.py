@@ -15,7 +15,7 @@ as JSON replaced by a marker with its size (``{"truncated": true, "bytes": N, ..
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -115,18 +115,24 @@ def columns(cls: type[IntentRecord | OperationRecord | Epoch]) -> tuple[str, ...
 
 def from_row(cls: type[Record], row: Row) -> Record:
     """A record from a row: epoch columns become UTC datetimes, JSON columns objects."""
-    values: dict[str, Any] = {}
-    for f in fields(cls):
-        raw = row[f.name]
-        if f.name in TIME_COLUMNS:
-            values[f.name] = to_datetime(raw)
-        elif f.name in JSON_COLUMNS:
-            values[f.name] = from_json(raw)
-        elif f.name == "status":
-            values[f.name] = IntentState(raw) if cls is IntentRecord else operation_status(raw)
-        else:
-            values[f.name] = raw
-    return cls(**values)
+    return cls(**{name: raw if decode is None else decode(raw)
+                  for name, decode in _DECODERS[cls] for raw in (row[name],)})
+
+
+def _decoders(cls: type[IntentRecord | OperationRecord | Epoch],
+              ) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+    """Each column of a record type with what decodes it (None: kept as stored)."""
+    status: Callable[[Any], Any] = IntentState if cls is IntentRecord else operation_status
+
+    def decoder(name: str) -> Callable[[Any], Any] | None:
+        if name in TIME_COLUMNS:
+            return to_datetime
+        if name in JSON_COLUMNS:
+            return from_json
+        return status if name == "status" else None
+
+    return tuple((name, decoder(name)) for name in columns(cls))
+
 
 
 def operation_status(raw: str) -> str:
@@ -151,3 +157,6 @@ def to_row(record: IntentRecord | OperationRecord | Epoch) -> dict[str, Any]:
         else:
             row[f.name] = value
     return row
+
+
+_DECODERS = {cls: _decoders(cls) for cls in (IntentRecord, OperationRecord, Epoch)}

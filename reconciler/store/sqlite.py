@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from reconciler.errors import StoreError
 from reconciler.model.lifecycle import OperationChange, Step
@@ -36,6 +36,8 @@ from reconciler.store.sqlite_schema import (
     recovery_hint,
     store_error,
 )
+
+T = TypeVar("T")
 
 __all__ = ["SCHEMA_VERSION", "CorruptStoreError", "Store", "readonly_uri", "recovery_hint",
            "store_error"]
@@ -94,8 +96,11 @@ class Store:
         self.path = str(path)
         self.retention = retention
         self.readonly = readonly
-        #: how a read-only store was opened: "ro" or "immutable" (None: read-write)
         self._lock = threading.RLock()
+        #: commits made through this connection (SQLite's data_version counts the others)
+        self._writes = 0
+        #: read name -> (the store's generation when read, the value read)
+        self._memo: dict[str, tuple[tuple[int, int], Any]] = {}
         #: how a read-only store was opened: "ro" or "immutable" (None: read-write)
         self.mode: str | None
         self._db, self.mode = open_database(self.path, readonly=readonly)
@@ -126,6 +131,29 @@ class Store:
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise store_error(self.path, exc, "write") from None
+            finally:
+                self._writes += 1
+
+    def _generation(self, db: sqlite3.Connection) -> tuple[int, int]:
+        return self._writes, int(db.execute("PRAGMA data_version").fetchone()[0])
+
+    def generation(self) -> tuple[int, int]:
+        """Changes with every commit, of this connection or any other."""
+        with self._reading("the data version") as db:
+            return self._generation(db)
+
+    def _memoized(self, key: str, what: str, read: Callable[[sqlite3.Connection], T]) -> T:
+        """``read``'s value, read again only when the store changed since: a commit of
+        this connection, or of any other (``PRAGMA data_version``). A daemon's steady pass
+        reads the same 10,000 records several times; decoding them is most of its cost."""
+        with self._reading(what) as db:
+            generation = self._generation(db)
+            hit = self._memo.get(key)
+            if hit is not None and hit[0] == generation:
+                return cast(T, hit[1])
+            value = read(db)
+            self._memo[key] = (generation, value)
+            return value
 
     @contextmanager
     def _reading(self, what: str) -> Iterator[sqlite3.Connection]:
@@ -182,9 +210,12 @@ class Store:
         query = "SELECT * FROM intents"
         if not include_retired:
             query += " WHERE retired IS NULL"
-        with self._reading("the intents") as db:
+
+        def read(db: sqlite3.Connection) -> dict[str, IntentRecord]:
             rows = db.execute(query + " ORDER BY name, created_at").fetchall()
             return {row["spec_hash"]: self._intent(row) for row in rows}
+
+        return dict(self._memoized(query, "the intents", read))
 
     def intent(self, spec_hash: str) -> IntentRecord | None:
         with self._reading("an intent") as db:
@@ -203,11 +234,13 @@ class Store:
 
     def latest_by_name(self) -> dict[str, IntentRecord]:
         """The most recently changed intent of every manifest name ever recorded."""
-        with self._reading("the intents") as db:
+        def read(db: sqlite3.Connection) -> dict[str, IntentRecord]:
             rows = db.execute(
                 "SELECT * FROM intents ORDER BY name, updated_at, created_at"
             ).fetchall()
             return {row["name"]: self._intent(row) for row in rows}
+
+        return dict(self._memoized("latest", "the intents", read))
 
     def operations(self, *, name: str | None = None) -> list[OperationRecord]:
         """Operations (attempts), oldest first; optionally of one manifest."""
@@ -232,16 +265,19 @@ class Store:
     def latest_windows(self) -> dict[str, str]:
         """The latest window recorded per manifest name, history included (windows are
         ISO-8601 UTC texts, so the greatest is the latest)."""
-        with self._reading("the windows") as db:
+        def read(db: sqlite3.Connection) -> dict[str, str]:
             rows = db.execute(
                 "SELECT name, MAX(window) FROM intents WHERE window != '' GROUP BY name"
             ).fetchall()
             return {r[0]: r[1] for r in rows}
 
+        return dict(self._memoized("windows", "the windows", read))
+
     def names(self) -> set[str]:
-        with self._reading("the manifest names") as db:
-            rows = db.execute("SELECT DISTINCT name FROM intents").fetchall()
-            return {r[0] for r in rows}
+        def read(db: sqlite3.Connection) -> frozenset[str]:
+            return frozenset(r[0] for r in db.execute("SELECT DISTINCT name FROM intents"))
+
+        return set(self._memoized("names", "the manifest names", read))
 
     # ------------------------------------------------------------------ writes
 
