@@ -255,10 +255,10 @@ class Metrics:
         if known != self.known:
             self.known = known
             self._known_changes += 1
-        for k in self.known.values():
+        for service, command in {(k.service, k.command) for k in self.known.values()}:
             for outcome in OUTCOMES:
-                self.operations.labels(service=k.service, command=k.command, outcome=outcome)
-            self.operation_duration.labels(service=k.service, command=k.command)
+                self.operations.labels(service=service, command=command, outcome=outcome)
+            self.operation_duration.labels(service=service, command=command)
         self.invalid_manifests.set(invalid)
         self.manifest_invalid.clear()
         for name, file in sorted((invalid_names or {}).items()):

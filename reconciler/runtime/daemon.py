@@ -351,17 +351,19 @@ class Daemon:
     async def _pass(self, engine: Engine, load: LoadResult) -> None:
         assert self.metrics is not None and self.store is not None
         started = time.monotonic()
-        transitions = self._transitions
+        transitions, generation = self._transitions, self.store.generation()
         task = asyncio.ensure_future(engine.reconcile(load, submit=not self._stopping))
         try:
             if self._stopping:
                 await asyncio.wait_for(task, self.settings.grace_period)
             else:
                 await self._shielded(task)
-            task.result()
+            before = task.result()
             # Re-plan after executing (pure, no API calls): views and the next wake-up
-            # must reflect what this pass just recorded.
-            self.plan = engine.plan(load)
+            # must reflect what this pass just recorded (a pass that recorded nothing
+            # keeps its plan).
+            unchanged = generation is not None and self.store.generation() == generation
+            self.plan = before if unchanged else engine.plan(load)
             ok = engine.failed_actions == 0
         except CorruptStoreError as exc:
             log.error("store_damaged", error=str(exc))

@@ -15,7 +15,6 @@ its first load, and :meth:`Source.status` for metrics and ``/status``.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -161,10 +160,11 @@ class DirectorySource:
         """Nothing to fetch: the daemon's own trigger reloads the directory."""
 
     async def follow(self, on_change: Callable[[str], None]) -> None:
-        """Poll the files every ``watch_period`` (a stat pass; content hashed only when
-        names, sizes or mtimes moved)."""
-        while True:
-            await asyncio.sleep(self.watch_period)
+        """Follow the files: file-system events where the kernel gives them (a new file
+        is loaded within a fraction of a second), else a stat pass every
+        ``watch_period``; either way confirmed by the content (hashed only when names,
+        sizes or mtimes moved), so an event that changed nothing loads nothing."""
+        async for _reason in self.watcher.watch(self.watch_period):
             if self.watcher.content and self.watcher.changed():
                 on_change("manifests changed")
 

@@ -121,6 +121,7 @@ class Store:
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            changes = self._db.total_changes
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -132,7 +133,8 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise store_error(self.path, exc, "write") from None
             finally:
-                self._writes += 1
+                if self._db.total_changes != changes:  # a commit that changed nothing
+                    self._writes += 1                   # (prune, mostly) keeps the reads
 
     def _generation(self, db: sqlite3.Connection) -> tuple[int, int]:
         return self._writes, int(db.execute("PRAGMA data_version").fetchone()[0])
