@@ -237,3 +237,20 @@ def test_the_ssh_command(tmp_path: Path) -> None:
     for option in ("IdentitiesOnly=yes", "StrictHostKeyChecking=yes", "BatchMode=yes",
                    f"UserKnownHostsFile={tmp_path}/known_hosts"):
         assert option in command
+
+
+async def test_directory_follow_sees_a_new_file_by_its_event_not_the_poll(
+        tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(manifest("a"))
+    source = DirectorySource(tmp_path, watch_period=30.0)  # the poll alone: 30 s away
+    source.load()
+    reasons: list[str] = []
+    task = asyncio.ensure_future(source.follow(reasons.append))
+    await asyncio.sleep(0.3)  # the watch is set up
+    (tmp_path / "b.yaml").write_text(manifest("b"))
+    for _ in range(300):
+        if reasons:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    assert reasons == ["manifests changed"]
