@@ -827,6 +827,8 @@ def _env_value(action: Any) -> tuple[str, Any]:
         return "7", 7
     if action.type is float:
         return "7", 7.0
+    if kind == "_rate_limit":
+        return "7", "7"
     if kind == "_output_kind":
         return "json", "json"
     return "/from/the/environment", "/from/the/environment"
@@ -911,3 +913,27 @@ def test_demo_progress_counts_attempts_from_1_and_shows_the_elapsed_time() -> No
         "6.0s job pending still pending, 5s elapsed",
         "9.0s job in_sync after 8.0s",
     ]
+
+
+@pytest.mark.parametrize(("given", "adaptive", "fixed"), [
+    (None, True, None), ("auto", True, None), ("AUTO", True, None), ("25", False, 25.0),
+    ("0.5", False, 0.5), ("0", False, None)])
+def test_rate_limit_is_adaptive_by_default_fixed_or_unlimited(
+        given: str | None, adaptive: bool, fixed: float | None) -> None:
+    from reconciler.cli.main import build_parser
+    from reconciler.cli.settings import client_settings
+
+    argv = ["run", "--api-url", "https://example.cloud.gooddata.com"]
+    args = build_parser().parse_args(argv + (["--rate-limit", given] if given else []))
+    settings = client_settings(args)
+    assert (settings.adaptive_rate, settings.rate_limit) == (adaptive, fixed)
+
+
+@pytest.mark.parametrize("given", ["-1", "fast", "inf", "nan"])
+def test_a_bad_rate_limit_is_refused_naming_the_flag(given: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "reconciler", "run", "--api-url",
+                           "https://example.cloud.gooddata.com", "--rate-limit", given],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2
+    assert "--rate-limit: must be 'auto' or a number" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from reconciler.ailake.ratelimit import AIMD_DEFAULT_START
 from reconciler.model.durations import parse_duration
 from reconciler.source.git import DEFAULT_TOKEN_USER
 
@@ -144,6 +145,20 @@ def _seconds(value: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _rate_limit(value: str) -> str:
+    """``auto``, or a number of requests per second >= 0 (0: unlimited)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not rate >= 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"must be 'auto' or a number of requests per second >= 0, got {value!r}")
+    return f"{rate:g}"
+
+
 def _positive_int(value: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {value!r}")
@@ -171,8 +186,13 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    default=int(env("MAX_PER_SERVICE", "4") or 4),
                    help="operations running at once on one service "
                    "(env RECONCILER_MAX_PER_SERVICE)")
-    p.add_argument("--rate-limit", type=float, default=float(env("RATE_LIMIT", "10") or 10),
-                   help="API requests per second at most; 0: unlimited (env RECONCILER_RATE_LIMIT)")
+    p.add_argument("--rate-limit", type=_rate_limit, default=env("RATE_LIMIT", "auto"),
+                   metavar="auto|N",
+                   help="API requests per second: 'auto' (default) adapts, starting at "
+                   f"{AIMD_DEFAULT_START:g}/s, growing while answers are fast and the "
+                   "server's X-RateLimit-Remaining is high, halving on a 429 (after its "
+                   "Retry-After) and slowing when answers get slow; N: at most N per "
+                   "second, fixed; 0: unlimited (env RECONCILER_RATE_LIMIT)")
     p.add_argument("--grace-period", type=_seconds, default=env("GRACE_PERIOD", "25s"),
                    help="on SIGTERM, how long the current pass may take to record what it "
                    "started (env RECONCILER_GRACE_PERIOD)")

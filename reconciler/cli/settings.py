@@ -75,8 +75,11 @@ def client_settings(args: argparse.Namespace) -> ClientSettings:
     problem = api_url_problem(args.api_url)
     if problem is not None:
         raise ConfigError(problem)
+    adaptive = args.rate_limit == "auto"
+    fixed = None if adaptive else float(args.rate_limit) or None
     return ClientSettings(base_url=args.api_url, token=api_token(args), ca_file=args.ca_file,
-                          rate_limit=args.rate_limit or None, timeout=args.request_timeout)
+                          rate_limit=fixed, adaptive_rate=adaptive,
+                          timeout=args.request_timeout)
 
 
 def engine_settings(args: argparse.Namespace) -> EngineSettings:

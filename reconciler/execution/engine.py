@@ -52,7 +52,7 @@ class EngineSettings:
 
     limits: Limits = field(default_factory=Limits)
     #: first poll delay; doubles per poll up to ``poll_max`` (seconds)
-    poll_initial: float = 1.0
+    poll_initial: float = 0.1
     poll_max: float = 30.0
     #: +- fraction of random jitter on poll delays
     jitter: float = 0.2
