@@ -73,3 +73,22 @@ def test_the_planner_keeps_the_recorded_window_when_the_clock_is_set_back():
     recorded_window = desired_intent(cmd, now + timedelta(hours=1)).window
     result = plan([cmd], {}, now, windows={"hourly": recorded_window})
     assert result.desired["hourly"].window == recorded_window
+
+
+# ------------------------------------------------------------------ kept ticks
+
+
+def test_kept_ticks_answer_as_croniter_does_forward_backward_and_across_dst() -> None:
+    from zoneinfo import ZoneInfo
+
+    from reconciler.planning import windows
+
+    zone = ZoneInfo("Europe/Prague")
+    start = datetime(2026, 10, 24, 22, 0, tzinfo=UTC)  # fall-back night ahead
+    moments = [start + timedelta(minutes=17 * i) for i in range(200)]
+    moments += list(reversed(moments))[::7]  # and a clock set back
+    for cron in ("30 2 * * *", "*/45 * * * *", "0 0 1 * *"):
+        for now in moments:
+            tick = windows._latest_tick(cron, zone, now)
+            expected = (tick, windows._next_tick(cron, zone, max(now, tick)))
+            assert windows._ticks_around(cron, zone, now) == expected, (cron, now)

@@ -68,11 +68,12 @@ def desired_intent(command: ServiceCommand, now: datetime,
         window, next_window = _iso(start), start + policy.every
     elif isinstance(policy, Schedule):
         zone = ZoneInfo(policy.timezone)
-        tick = _latest_tick(policy.cron, zone, now)
+        tick, next_window = _ticks_around(policy.cron, zone, now)
         floor = _parse_iso(not_before)
         if floor is not None and floor > tick:
             tick = floor
-        window, next_window = _iso(tick), _next_tick(policy.cron, zone, max(now, tick))
+            next_window = _next_tick(policy.cron, zone, max(now, tick))
+        window = _iso(tick)
         missed = now - tick > policy.starting_deadline
     # computed once per window and kept with the command: a pass over an unchanged tree
     # hashes nothing
@@ -126,6 +127,27 @@ def _steady(zone: ZoneInfo, now: datetime) -> bool:
     """No offset change within ``_SLACK`` of ``now``: wall times map one to one."""
     return (now - _SLACK).astimezone(zone).utcoffset() == (now + _SLACK).astimezone(
         zone).utcoffset()
+
+
+#: (cron, zone) -> (its latest tick, the tick after it) as last computed
+_TICKS: dict[tuple[str, str], tuple[datetime, datetime]] = {}
+_TICKS_KEPT = 10_000
+
+
+def _ticks_around(cron: str, zone: ZoneInfo, now: datetime) -> tuple[datetime, datetime]:
+    """The latest tick at or before ``now`` and the first one after it. Between two ticks
+    the answer does not change, so it is kept until ``now`` reaches the next one (or
+    moves back before the first): a pass over 10,000 schedules asks croniter nothing."""
+    key = (cron, zone.key)
+    kept = _TICKS.get(key)
+    if kept is not None and kept[0] <= now < kept[1]:
+        return kept
+    tick = _latest_tick(cron, zone, now)
+    around = (tick, _next_tick(cron, zone, max(now, tick)))
+    if len(_TICKS) >= _TICKS_KEPT:
+        _TICKS.clear()
+    _TICKS[key] = around
+    return around
 
 
 def _latest_tick(cron: str, zone: ZoneInfo, now: datetime) -> datetime:
