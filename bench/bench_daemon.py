@@ -4,18 +4,17 @@ Each scenario runs the real :class:`~reconciler.runtime.daemon.Daemon` with the 
 ``reconciler run`` builds from its flags (``benchlib.default_settings``), in this process,
 and prints one JSON object (the last line) for ``run_all.py``:
 
-- ``converge``: N commands of D each, default flags (16 in flight, 4 per service): wall time
-  against the ideal ``N * D / 16``, API calls per operation (server-side counts). ``--variant
-  proposed`` applies what the report proposes and the benchmark can set from outside: the
-  adaptive rate limiter (``ClientSettings.adaptive_rate``) and a first poll at 0.1 s.
+- ``converge``: N commands of D each, default flags (16 in flight, 4 per service, the
+  adaptive rate limit): wall time against the ideal ``N * D / 16``, API calls per operation
+  (server-side counts). ``--variant before``: the defaults before the performance work (a
+  fixed 10 requests/s, a first poll at 1 s), for a before/after within one run.
   ``--epoch steady`` (default): the store's epoch is older than its settle window (a
   running daemon: new intents need no probe); ``fresh``: a new store (adoption pass, probes).
 - ``cold``: a fresh store converging N commands of D, 64 in flight (16 per service), no
   rate limit.
 - ``newfile``: a running daemon; a new manifest file is written, the time until its run POST
-  leaves (p50/p99 over samples). ``--variant proposed``: the directory followed by
-  :meth:`SourceWatcher.watch` (inotify) instead of a stat pass every 2 s (patched in here,
-  as the report proposes for ``source/kinds.py``).
+  leaves (p50/p99 over samples): file-system events (``SourceWatcher.watch``).
+  ``--variant before``: a stat pass every 2 s, as the follower did before.
 - ``webhook``: a running daemon with M manifests in sync; a new file, then a signed webhook
   at once: the time from the webhook to the run POST (the follower is silenced).
 - ``long``: K commands of D (150 s) with a learnt typical duration: the lag from each
@@ -65,7 +64,6 @@ from benchlib import (
 
 from reconciler.model.durations import parse_duration
 from reconciler.model.identity import operation_id
-from reconciler.runtime import daemon as daemon_module
 from reconciler.runtime.daemon import Daemon
 from reconciler.runtime.listener import sign
 from reconciler.source import kinds
@@ -109,38 +107,20 @@ def quiet() -> None:
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
 
 
-def proposed(settings: Any) -> Any:
-    """What the report proposes as defaults and can be set from outside."""
+def before(settings: Any) -> Any:
+    """The defaults before the performance work, for a before/after within one run: a
+    fixed 10 requests/s and a first poll at 1 s."""
     return replace(settings,
-                   client=replace(settings.client, adaptive_rate=True, rate_limit=None),
-                   engine=replace(settings.engine, poll_initial=0.1))
+                   client=replace(settings.client, adaptive_rate=False, rate_limit=10.0),
+                   engine=replace(settings.engine, poll_initial=1.0))
 
 
-def idle_sleep_only_after_failures() -> None:
-    """The proposed ``Daemon._until_wake``: the 1 s idle sleep only after a pass that
-    failed without progress (today it follows any pass that recorded nothing, e.g. one
-    whose polls all answered pending while another poll fell due)."""
-
-    def until_wake(self: Daemon) -> float:
-        if self.plan is None:
-            return float("inf")
-        progressed = self._transitions != self._transitions_seen
-        self._transitions_seen = self._transitions
-        if self.plan.executable:
-            failed = self._failing_passes > 0 and not progressed
-            return daemon_module.MIN_RETRY_SLEEP if failed else 0.0
-        if self.plan.wake_at is None:
-            return float("inf")
-        return (self.plan.wake_at - self.clock()).total_seconds()
-
-    Daemon._until_wake = until_wake  # type: ignore[method-assign]
-
-
-def events_follow() -> None:
-    """The proposed ``DirectorySource.follow``: inotify events (``SourceWatcher.watch``)."""
+def stat_follow() -> None:
+    """The directory follower before the performance work: a stat pass every 2 s."""
 
     async def follow(self: kinds.DirectorySource, on_change: Callable[[str], None]) -> None:
-        async for _ in self.watcher.watch(self.watch_period):
+        while True:
+            await asyncio.sleep(self.watch_period)
             if self.watcher.content and self.watcher.changed():
                 on_change("manifests changed")
 
@@ -192,8 +172,8 @@ async def converge(args: argparse.Namespace) -> dict[str, Any]:
         if args.rate_limit is not None:
             extra += ["--rate-limit", args.rate_limit]
         settings = default_settings(folder, emu.url, state, *extra)
-        if args.variant == "proposed":
-            settings = proposed(settings)
+        if args.variant == "before":
+            settings = before(settings)
         started_cpu = time.process_time()
         started = time.perf_counter()
         code = await Daemon(settings).run()
@@ -232,8 +212,8 @@ async def running(settings: Any, spy: Spy, body: Callable[[Daemon], Any]) -> Any
 
 
 async def newfile(args: argparse.Namespace) -> dict[str, Any]:
-    if args.variant == "proposed":
-        events_follow()
+    if args.variant == "before":
+        stat_follow()
     with tempfile.TemporaryDirectory() as tmp, \
             EmulatorProcess(emulator_services()) as emu:
         root = Path(tmp)
@@ -318,8 +298,8 @@ async def long(args: argparse.Namespace) -> dict[str, Any]:
             if args.history:
                 seed_history(store, SERVICE_IDS[0], "reindex", duration)
         settings = default_settings(folder, emu.url, state, "--once")
-        if args.variant == "proposed":
-            settings = proposed(settings)
+        if args.variant == "before":
+            settings = before(settings)
         await Daemon(settings).run()
         counted = calls(emu)
         executions = {e["operationId"]: e for e in emu.executions()}
@@ -344,7 +324,8 @@ SCENARIOS = {"converge": converge, "cold": converge, "newfile": newfile, "webhoo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--variant", choices=("default", "proposed"), default="default")
+    parser.add_argument("--variant", choices=("default", "before"), default="default",
+                        help="before: the defaults before the performance work")
     parser.add_argument("--epoch", choices=("steady", "fresh"), default="steady")
     parser.add_argument("--manifests", type=int, default=200)
     parser.add_argument("--duration", default="200ms")
@@ -357,8 +338,6 @@ def main() -> int:
     if args.scenario == "cold":
         args.epoch = "fresh"
     quiet()
-    if args.variant == "proposed":
-        idle_sleep_only_after_failures()
     os.environ.pop("RECONCILER_LEASE_NAME", None)
     result = asyncio.run(SCENARIOS[args.scenario](args))
     result["scenario"] = args.scenario

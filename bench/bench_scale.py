@@ -78,6 +78,7 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
     from reconciler.execution.engine import Engine
     from reconciler.observe.metrics import Metrics
     from reconciler.planning.planner import plan
+    from reconciler.runtime import serving
     from reconciler.runtime.daemon import Daemon, log_transition
     from reconciler.source import loader
     from reconciler.store.sqlite import Store
@@ -125,7 +126,7 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
                     with cProfile.Profile() as profile:
                         daemon._load(["interval"])
                         await daemon._pass(engine, daemon.load)
-                        daemon.exposition()
+                        serving.exposition(daemon)
                     profile.dump_stats(f"{os.environ['BENCH_PROFILE']}.{size}")
                 loads = []
                 for _ in range(passes):
@@ -136,7 +137,7 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
                 scrapes = []
                 for _ in range(3):
                     started = time.process_time()
-                    body = daemon.exposition()
+                    body = serving.exposition(daemon)
                     scrapes.append(time.process_time() - started)
                 out["scrape_cpu_s"] = min(scrapes)
                 out["scrape_bytes"] = len(body)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import structlog
-from pg_support import Backend, PgServer, skip_reason
+from pg_support import Backend, PgServer, started_server
 
 
 @pytest.fixture(autouse=True)
@@ -22,14 +22,7 @@ def _default_logging() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    reason = skip_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    server = PgServer()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from started_server()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -206,3 +206,19 @@ class Backend:
                 store.close()
         if self.server is not None and self.database is not None:
             self.server.drop_database(self.database)
+
+
+def started_server() -> Iterator[PgServer]:
+    """A PostgreSQL server of its own for a fixture to yield (the test skipped, with the
+    reason, when the server binaries are absent); stopped when the fixture ends."""
+    import pytest
+
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PgServer()
+    try:
+        yield server
+    finally:
+        server.close()
+

@@ -10,7 +10,10 @@ import signal
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
@@ -32,6 +35,10 @@ from integration_support import (
 from reconciler.ailake.emulator import RunningEmulator
 from reconciler.model.lifecycle import IN_FLIGHT
 from reconciler.model.lifecycle import IntentState as S
+from reconciler.runtime import pacing
+from reconciler.runtime.pacing import Pacer
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
@@ -291,3 +298,40 @@ async def test_once_gives_up_with_exit_1_when_the_api_keeps_failing(
         assert code == 1
         assert time.monotonic() - started < 30
         assert executions(emu.url) == []
+
+
+# ------------------------------------------------------------------ the wait between passes
+
+
+def _due() -> Any:
+    return SimpleNamespace(executable=["due"], wake_at=None)
+
+
+def test_work_due_after_a_pass_that_recorded_something_starts_the_next_pass_at_once() -> None:
+    pacer = Pacer(interval=60.0)
+    pacer.passed(ok=True, transitions_before=0, recorded=True)  # polls answered "pending"
+    assert [pacer.until_wake(_due(), T0) for _ in range(6)] == [0.0] * 6
+
+
+def test_passes_in_a_row_that_record_nothing_wait_between_them() -> None:
+    pacer = Pacer(interval=60.0)
+    pacer.passed(ok=True, transitions_before=0, recorded=False)
+    waits = [pacer.until_wake(_due(), T0) for _ in range(pacing.IDLE_PASSES + 2)]
+    assert waits == [0.0] * pacing.IDLE_PASSES + [pacing.MIN_RETRY_SLEEP] * 2
+
+
+def test_after_failed_passes_the_recovery_wait_doubles_up_to_the_interval() -> None:
+    pacer = Pacer(interval=3.0)
+    waits = []
+    for _ in range(4):
+        pacer.passed(ok=False, transitions_before=pacer.transitions, recorded=False)
+        waits.append(pacer.until_wake(_due(), T0))
+    assert waits == [1.0, 2.0, 3.0, 3.0] and pacer.failing_passes == 4
+
+
+def test_a_good_pass_ends_the_recovery() -> None:
+    pacer = Pacer(interval=60.0)
+    pacer.passed(ok=False, transitions_before=0, recorded=False)
+    pacer.passed(ok=True, transitions_before=0, recorded=True)
+    assert pacer.recovery is None and pacer.failing_passes == 0
+    assert pacer.until_wake(SimpleNamespace(executable=[], wake_at=None), T0) == float("inf")

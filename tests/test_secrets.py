@@ -122,6 +122,11 @@ def test_token_and_webhook_secret_never_leak(tmp_path: Path, via: str) -> None:
                 "/healthz": httpx.get(daemon.url + "/healthz", timeout=5).text,
                 "the 401 answer": refused.text, "the 202 answer": accepted.text,
             }
+            for page in ("/", f"/manifests/{GOOD}", f"/manifests/{BAD}",  # the web view
+                         "/ui/overview.json", f"/ui/manifests/{BAD}.json"):
+                answer = httpx.get(daemon.url + page, timeout=5)
+                assert answer.status_code == 200, page
+                places[page] = answer.text
         finally:
             daemon.stop()
         executed = httpx.get(emulator.url + "/_emulator/executions", timeout=5).json()

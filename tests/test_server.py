@@ -21,6 +21,7 @@ from reconciler.execution.engine import EngineSettings
 from reconciler.model.manifest import LoadResult
 from reconciler.observe.metrics import Metrics
 from reconciler.planning.planner import Limits
+from reconciler.runtime import serving
 from reconciler.runtime.daemon import Daemon, DaemonSettings
 from reconciler.runtime.listener import MAX_HOOK_BODY, Surface, create_app, sign
 
@@ -286,7 +287,7 @@ def test_daemon_health_is_not_flappy_with_a_short_interval(tmp_path: Path) -> No
 
 async def test_daemon_not_ready_before_manifests_are_loaded(tmp_path: Path) -> None:
     daemon = _daemon(tmp_path, 60.0)
-    ok, why = await daemon.ready()
+    ok, why = await serving.ready(daemon)
     assert not ok
     assert "not loaded" in why
 
@@ -322,10 +323,10 @@ async def test_readiness_checks_the_api_with_one_request(tmp_path: Path) -> None
     daemon = await _ready_daemon(tmp_path, handler)
     assert daemon.client is not None
     try:
-        ok, why = await daemon.ready()
+        ok, why = await serving.ready(daemon)
         assert ok, why
         assert len(seen) == 1
-        await daemon.ready()  # cached for a while: probes every few seconds cost nothing
+        await serving.ready(daemon)  # cached for a while: probes every few seconds cost nothing
         assert len(seen) == 1
     finally:
         await daemon.client.aclose()
@@ -343,7 +344,7 @@ async def test_readiness_answers_promptly_when_the_api_fails(tmp_path: Path) -> 
     assert daemon.client is not None
     try:
         started = time.monotonic()
-        ok, why = await daemon.ready()
+        ok, why = await serving.ready(daemon)
         assert not ok
         assert "API" in why
         assert time.monotonic() - started < 3.0

@@ -35,6 +35,7 @@ from reconciler.model.lifecycle import IntentState
 from reconciler.model.records import IntentRecord
 from reconciler.observe.status import StatusRow, status_document, status_item, status_rows
 from reconciler.planning.planner import View
+from reconciler.runtime import serving
 from reconciler.runtime.daemon import Daemon, DaemonSettings
 from reconciler.store.sqlite import Store
 
@@ -135,7 +136,7 @@ async def test_status_before_the_first_pass_shows_recorded_states_not_orphaned(
     daemon.store = Store(str(state))
     try:
         assert daemon.plan is None
-        items = {i["name"]: i for i in daemon.status_document()["intents"]}
+        items = {i["name"]: i for i in serving.status_document(daemon)["intents"]}
     finally:
         daemon.store.close()
     assert items["doomed"]["state"] == S.STALLED
@@ -276,7 +277,7 @@ async def test_status_rows_of_a_live_store_match_the_served_document(tmp_path: P
     assert daemon.plan is not None and daemon.load is not None
     with Store(str(state)) as store:
         daemon.store = store
-        served = daemon.status_document()
+        served = serving.status_document(daemon)
         rows = status_rows(store.latest_by_name(), daemon.plan.views)
     assert served == status_document(rows, revision=daemon.load.revision)
     assert {i["name"]: i["state"] for i in served["intents"]} == {

@@ -40,8 +40,12 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
 
 def add_state(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--state", default=env("STATE", "./reconciler-state.db"), metavar="PATH",
-                   help="SQLite state store (env RECONCILER_STATE)")
+    p.add_argument("--state", default=env("STATE", "./reconciler-state.db"),
+                   metavar="PATH|URL",
+                   help="the state store: a SQLite file, or postgresql://USER@HOST/DB "
+                   "shared by replicas (its password in the URL or in the file "
+                   "RECONCILER_STATE_PASSWORD_FILE names; never shown) (env "
+                   "RECONCILER_STATE)")
 
 
 def add_source(p: argparse.ArgumentParser, *, daemon: bool = True) -> None:
@@ -101,6 +105,33 @@ def add_source(p: argparse.ArgumentParser, *, daemon: bool = True) -> None:
 
 def truthy(value: str | None) -> bool:
     return (value or "").lower() in ("1", "true", "yes")
+
+
+class _Switch(argparse.Action):
+    """An on/off flag written ``--X``, ``--X=true|false`` or ``--no-X``; not given: None
+    (the caller's default)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs="?", const=True,
+                         **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        if option_string is not None and option_string.startswith("--no-"):
+            if values is not True:
+                parser.error(f"{option_string} takes no value")
+            values = False
+        setattr(namespace, self.dest, values)
+
+
+def _switch(value: str) -> bool:
+    """``true``/``false`` (also 1/0, yes/no, on/off) for a flag such as ``--ui=false``."""
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 def add_api(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -169,8 +200,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--interval", type=_seconds, default=env("INTERVAL", "60s"),
                    help="full reconcile period, with +-10%% jitter (env RECONCILER_INTERVAL)")
     p.add_argument("--listen", default=env("LISTEN", "0.0.0.0:8080"), metavar="HOST:PORT",
-                   help="HTTP listener for /metrics, /healthz, /readyz, /status and "
-                   "/hooks/reconcile; empty to disable (env RECONCILER_LISTEN)")
+                   help="HTTP listener for /metrics, /healthz, /readyz, /status, "
+                   "/hooks/reconcile and the web view (/); empty to disable "
+                   "(env RECONCILER_LISTEN)")
+    p.add_argument("--ui", "--no-ui", action=_Switch, type=_switch, default=env("UI"),
+                   metavar="true|false",
+                   help="serve the read-only web view on the listener (GET / and "
+                   "/manifests/NAME; on by default); --ui=false or --no-ui turns it off "
+                   "and / answers 404 (env RECONCILER_UI)")
     p.add_argument("--once", action="store_true",
                    default=(env("ONCE") or "").lower() in ("1", "true", "yes"),
                    help="reconcile until every manifest is settled, then exit "

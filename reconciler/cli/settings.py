@@ -106,6 +106,7 @@ def daemon_settings(args: argparse.Namespace) -> DaemonSettings:
                                    args.webhook_secret_file, "webhook secret"),
         grace_period=args.grace_period,
         retention=args.retention,
+        ui=args.ui is not False,  # not given: on
     )
 
 

@@ -27,6 +27,10 @@ __all__ = ["Durations", "Timers", "TimingSettings"]
 
 #: successes remembered per (service, command) for the typical duration
 DURATION_SAMPLES = 20
+#: the first look at an operation comes this fraction after its command's typical
+#: duration (half the runs end later than the median: a look right at it finds most of
+#: them still running, and the next comes only :data:`LATE_POLL_FRACTION` of the age later)
+TYPICAL_MARGIN = 0.02
 #: once an operation is as old as its command's typical duration, looks come every this
 #: fraction of its age (the lag bound, as a share of the duration)
 LATE_POLL_FRACTION = 0.05
@@ -99,8 +103,8 @@ class Timers:
         if typical is None:
             return now + self.poll_delay(polls)
         s = self.settings
-        if age < typical:  # before the typical end: look right then
-            wait = max(s.poll_initial, typical - age)
+        if age < typical:  # before the typical end: look just after it
+            wait = max(s.poll_initial, typical * (1 + TYPICAL_MARGIN) - age)
         else:
             wait = max(s.poll_initial, LATE_POLL_FRACTION * age)
         return now + timedelta(seconds=wait)

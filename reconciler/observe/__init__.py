@@ -3,7 +3,8 @@
 - :mod:`.logs`: structured logging (JSON lines or console), secrets scrubbed;
 - :mod:`.metrics`: the Prometheus metrics, a public interface (DESIGN section 7);
 - :mod:`.status`: the per-manifest status rows of ``/status``, ``reconciler status`` and
-  the demo, built in one place.
+  the demo, built in one place;
+- :mod:`.web`: the read-only web view (``GET /``, ``/manifests/{name}``) made of those rows.
 """
 
 from __future__ import annotations

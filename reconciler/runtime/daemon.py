@@ -37,25 +37,25 @@ import httpx
 import structlog
 
 from reconciler.ailake.client import AiLakeClient
-from reconciler.errors import ConfigError, ReconcilerError
+from reconciler.errors import ConfigError, ReconcilerError, StoreError
 from reconciler.execution.engine import Engine, Transition, utcnow
 from reconciler.model import scrub as scrubber
 from reconciler.model.manifest import LoadResult
 from reconciler.observe.metrics import Metrics
-from reconciler.observe.status import source_item, status_document, status_rows
 from reconciler.planning.planner import Plan
 from reconciler.runtime.advisory import AdvisoryLeader, AdvisorySettings
 from reconciler.runtime.events import log_progress, log_transition
 from reconciler.runtime.leader import LeaderElector, LeaseSettings
-from reconciler.runtime.listener import Listening, Surface, create_app, serve
+from reconciler.runtime.listener import Listening, create_app, serve
 from reconciler.runtime.loading import load_source, poke_for_a_tree
 from reconciler.runtime.once import once_exit_code, settled
+from reconciler.runtime.pacing import RECOVERY_SLEEP, Pacer
 from reconciler.runtime.readiness import ApiProbe, liveness
 from reconciler.runtime.settings import DaemonSettings, read_secret
 from reconciler.runtime.signals import install_signals, remove_signals
 from reconciler.runtime.startup import database_secrets, open_checked_store, startup_fields
+from reconciler.runtime.web_surface import listener_surface
 from reconciler.source.continuity import Continuity, SourceMemory
-from reconciler.source.git import scrub
 from reconciler.source.kinds import Source, open_source
 from reconciler.store import PostgresStore, StateStore
 from reconciler.store.sqlite import CorruptStoreError
@@ -64,11 +64,6 @@ __all__ = ["Daemon", "DaemonSettings", "database_secrets", "log_transition", "re
 
 log = structlog.get_logger("reconciler.runtime.daemon")
 
-#: seconds between passes that have due work but made no progress (API failing)
-MIN_RETRY_SLEEP = 1.0
-#: after a failed pass the next comes this soon, doubling (up to the interval) while
-#: passes keep failing
-RECOVERY_SLEEP = 1.0
 #: consecutive failed passes without any progress after which ``--once`` gives up
 ONCE_MAX_FAILING_PASSES = 5
 #: seconds between looks for the first tree (a git source whose first fetch failed)
@@ -81,6 +76,8 @@ FETCH_REASONS = frozenset({"webhook", "SIGHUP"})
 #: seconds between two "still pending" lines of one operation (the first comes once it
 #: has run this long)
 PROGRESS_EVERY = 300.0
+#: seconds between two ``store_unavailable`` lines with the same error
+STORE_ERROR_LOG_EVERY = 30.0
 
 
 class Daemon:
@@ -117,7 +114,7 @@ class Daemon:
         self._stopping = False
         self._reasons: list[str] = []
         self._heartbeat = time.monotonic()
-        self._api = ApiProbe()
+        self.api_probe = ApiProbe()
         self.source: Source = open_source(settings.manifests, git=settings.git,
                                           watch_period=settings.watch_period)
         #: what the source held at its last good load (None: none yet; the store's live
@@ -128,14 +125,13 @@ class Daemon:
         self._source_error: str | None = None
         self._no_tree_retry = NO_TREE_RETRY
         self._no_tree_poke_at = 0.0
-        self._transitions = 0
-        self._transitions_seen = 0
-        self._failing_passes = 0
-        #: the wait before the next pass while passes fail (None: the last one did not)
-        self._recovery: float | None = None
+        self.pacer = Pacer(settings.interval)
         self.url: str | None = None
         self.elector: LeaderElector | AdvisoryLeader | None = None
         self._epoch_due = False
+        #: the last state store error of the loop (None: the last use succeeded), and
+        #: when it was logged
+        self._store_error: tuple[str, float] | None = None
 
     # ------------------------------------------------------------------ control
 
@@ -170,46 +166,6 @@ class Daemon:
         return liveness(time.monotonic() - self._heartbeat, interval=self.settings.interval,
                         grace_period=self.settings.grace_period)
 
-    async def ready(self) -> tuple[bool, str]:
-        """``/readyz``: the manifests were loaded once (a git source: its first tree is
-        there) and the API answers. A source failing afterwards keeps the last tree and
-        the daemon ready (``source_errors_total`` and the source's freshness tell)."""
-        if self.load is None:
-            error = self.source.status().last_error
-            why = f": {scrub(error, self.settings.secrets)}" if error else ""
-            return False, f"manifests not loaded yet (source {self.source.describe()}){why}"
-        assert self.client is not None
-        return await self._api.check(self.client)
-
-    def status_document(self, *, with_source: bool = False) -> dict[str, Any]:
-        """Every manifest with its state, attempts and last operation (held ones
-        ``invalid`` with FILE:LINE); ``with_source`` (what ``/status`` serves): also the
-        source (kind, location, revision, last success, errors, last error, scrubbed) and
-        why orphaning is withheld."""
-        latest = self.store.latest_by_name() if self.store else {}
-        rows = status_rows(latest, self.plan.views if self.plan else None)
-        load = self.load
-        if not with_source:
-            return status_document(rows, revision=load.revision if load else None,
-                                   problems=load.problems if load else ())
-        verdict = self.verdict
-        return status_document(
-            rows, revision=load.revision if load else None,
-            problems=load.problems if load else (),
-            source=source_item(self.source.status(), self.settings.secrets),
-            withheld=verdict.reason if verdict is not None and not verdict.may_orphan
-            else None)
-
-    def served_status(self) -> dict[str, Any]:
-        """``/status``: :meth:`status_document` with the source."""
-        return self.status_document(with_source=True)
-
-    def exposition(self) -> bytes:
-        """``/metrics``: the source's freshness and errors as of now, then every metric."""
-        assert self.metrics is not None
-        self.metrics.source_seen(self.source.status())
-        return self.metrics.exposition()
-
     # ------------------------------------------------------------------ progress
 
     def _log_progress(self, engine: Engine) -> None:
@@ -237,7 +193,7 @@ class Daemon:
             self.client = client
             engine = Engine(client, self.store, settings=s.engine, clock=self.clock,
                             listeners=[log_transition, self.metrics.on_transition,
-                                       self._count, *self.extra_listeners],
+                                       self.pacer.count, *self.extra_listeners],
                             fence=self._fence)
             if self.elector is None:
                 engine.start(self._holder())
@@ -317,16 +273,21 @@ class Daemon:
                 await self._sleep(next_load - time.monotonic())
                 continue
             if self._epoch_due:  # leadership gained: this replica's store may be stale
-                self._epoch_due = False
                 # a shared store is the epoch: continue where the old leader stopped
-                engine.start(self._holder(), reason=None if self._shared else "leadership")
+                try:
+                    engine.start(self._holder(), reason=None if self._shared else "leadership")
+                except StoreError as exc:  # the database is away: try again after a pause
+                    self.store_trouble(exc, "starting the epoch")
+                    self.pacer.failed()
+                    await self._sleep(self.pacer.recovery or RECOVERY_SLEEP)
+                    continue
+                self._epoch_due = False
             await self._pass(engine, self.load)
             self._log_progress(engine)
             if self._stopping or (s.once and self._once_done()):
                 return
-            await self._sleep(min(next_load - time.monotonic(), self._until_wake(),
-                                  self._recovery if self._recovery is not None
-                                  else float("inf")))
+            await self._sleep(min(next_load - time.monotonic(),
+                                  self.pacer.until_wake(self.plan, self.clock())))
 
     def _once_done(self) -> bool:
         """``--once``: whether to exit now (settled, or the API keeps failing), with
@@ -335,9 +296,9 @@ class Daemon:
             self.exit_code = once_exit_code(self.plan, self.load, self.verdict)
             log.info("converged", exit_code=self.exit_code)
             return True
-        if self._failing_passes >= ONCE_MAX_FAILING_PASSES:
+        if self.pacer.failing_passes >= ONCE_MAX_FAILING_PASSES:
             self.exit_code = 1
-            log.error("giving_up", passes=self._failing_passes,
+            log.error("giving_up", passes=self.pacer.failing_passes,
                       reason="the AI Lake API failed on every pass without progress; "
                       "--once stops instead of waiting forever")
             return True
@@ -345,13 +306,17 @@ class Daemon:
 
     def _load(self, reasons: Sequence[str]) -> None:
         """Load the source (:func:`~reconciler.runtime.loading.load_source`): what is
-        held, the metrics; a source that cannot be read keeps the last load."""
-        load_source(self, reasons)
+        held, the metrics; a source that cannot be read keeps the last load, and so does a
+        state store that cannot be read (the next load tries again)."""
+        try:
+            load_source(self, reasons)
+        except StoreError as exc:
+            self.store_trouble(exc, "loading the manifests")
 
     async def _pass(self, engine: Engine, load: LoadResult) -> None:
         assert self.metrics is not None and self.store is not None
         started = time.monotonic()
-        transitions, generation = self._transitions, self.store.generation()
+        transitions, generation = self.pacer.transitions, self.store.generation()
         task = asyncio.ensure_future(engine.reconcile(load, submit=not self._stopping))
         try:
             if self._stopping:
@@ -368,29 +333,43 @@ class Daemon:
         except CorruptStoreError as exc:
             log.error("store_damaged", error=str(exc))
             raise  # fail loudly: nothing is recorded any more; the message says what to do
+        except StoreError as exc:
+            ok = False
+            self.store_trouble(exc, "reconciling")
         except (TimeoutError, ReconcilerError) as exc:
             ok = False
             log.error("reconcile_failed", error=str(exc), error_type=type(exc).__name__)
-        self._pace(ok)
-        stuck = not ok and self._transitions == transitions
-        self._failing_passes = self._failing_passes + 1 if stuck else 0
-        orphaned = len(self.store.names() - {c.name for c in load.commands} - set(load.held))
-        self.metrics.reconciled(self.plan,
-                                duration=time.monotonic() - started, ok=ok, orphaned=orphaned)
-        if ok and self.plan is not None:
-            self.store.prune()
-
-    def _pace(self, ok: bool) -> None:
-        """After a failed pass the next one comes soon: :data:`RECOVERY_SLEEP`, doubling
-        up to the interval while passes keep failing; a good pass ends the recovery."""
-        if ok:
-            if self._recovery is not None:
-                log.info("reconcile_recovered")
-            self._recovery = None
+        # a poll that saw "pending" records its time (no generation: transitions only)
+        self.pacer.passed(ok=ok, transitions_before=transitions,
+                          recorded=(self.store.generation() != generation if generation
+                                    is not None else self.pacer.transitions != transitions))
+        try:
+            orphaned = len(self.store.names() - {c.name for c in load.commands}
+                           - set(load.held)) if ok else 0
+            self.metrics.reconciled(self.plan, duration=time.monotonic() - started, ok=ok,
+                                    orphaned=orphaned)
+            if ok and self.plan is not None:
+                self.store.prune()
+        except StoreError as exc:
+            self.store_trouble(exc, "recording the pass")
             return
-        wait = RECOVERY_SLEEP if self._recovery is None else self._recovery * 2
-        self._recovery = min(wait, max(self.settings.interval, RECOVERY_SLEEP))
-        log.info("reconcile_retry", after=self._recovery)
+        if ok and self._store_error is not None:
+            self._store_error = None
+            log.info("store_recovered")
+
+    def store_trouble(self, exc: StoreError, doing: str) -> None:
+        """Log that the state store failed (its message names the database, never the
+        password): when the error changes, else at most every
+        :data:`STORE_ERROR_LOG_EVERY` seconds. The loop goes on; nothing is sent while
+        the claim before a POST cannot be written."""
+        text = str(exc)
+        now = time.monotonic()
+        last = self._store_error
+        if last is not None and last[0] == text and now - last[1] < STORE_ERROR_LOG_EVERY:
+            return
+        self._store_error = (text, now)
+        log.error("store_unavailable", doing=doing, error=text,
+                  action="retrying; nothing is sent until the store answers")
 
     async def _shielded(self, task: asyncio.Future[Plan]) -> None:
         """Wait for a pass; on SIGTERM give it the grace period to record, then cancel."""
@@ -414,22 +393,6 @@ class Daemon:
             self._wake.clear()
             await self._wake.wait()
 
-    def _until_wake(self) -> float:
-        """Seconds until the plan has something due: 0 when the pass just made progress
-        and more is executable now (a dependency finished), else the plan's wake-up, and
-        never a busy loop when a pass made no progress (the API is failing)."""
-        if self.plan is None:
-            return float("inf")
-        progressed = self._transitions != self._transitions_seen
-        self._transitions_seen = self._transitions
-        if self.plan.executable:
-            if progressed:
-                return 0.0
-            return MIN_RETRY_SLEEP if self._recovery is None else self._recovery
-        if self.plan.wake_at is None:
-            return float("inf")
-        return (self.plan.wake_at - self.clock()).total_seconds()
-
     def _leadership(self, leader: bool) -> None:
         """The elector's on_change: the gauge, a pass on acquiring, exit on losing."""
         assert self.metrics is not None
@@ -437,7 +400,16 @@ class Daemon:
         if leader:
             self._epoch_due = True
             self.trigger("leader")
-        elif not self._stopping:
+        elif self._stopping:
+            return
+        elif self._shared:
+            # The advisory lock's session ended (the database restarted, the connection
+            # was cut) or its check failed: stand by and try again. Nothing is lost: the
+            # store is shared, POSTs are fenced from now on, and whoever leads next
+            # continues from the store.
+            log.warning("leadership_lost",
+                        action="standing by; the advisory lock is tried again")
+        else:
             log.error("leadership_lost", action="exiting; the pod restarts as a standby")
             self.exit_code = 1
             self.stop()
@@ -466,9 +438,6 @@ class Daemon:
         identity = self.elector.settings.identity if self.elector else socket.gethostname()
         return f"{identity}/{os.getpid()}"
 
-    def _count(self, _event: Transition) -> None:
-        self._transitions += 1
-
     async def _sleep(self, seconds: float) -> None:
         seconds = max(0.0, min(seconds, self.settings.interval))
         self._wake.clear()
@@ -483,11 +452,7 @@ class Daemon:
         if self.settings.listen is None:
             return None
         assert self.metrics is not None
-        app = create_app(
-            Surface(metrics=self.exposition, healthy=self.healthy, ready=self.ready,
-                    status=self.served_status, trigger=self.trigger),
-            webhook_secret=self.settings.webhook_secret,
-        )
+        app = create_app(listener_surface(self), webhook_secret=self.settings.webhook_secret)
         listening = await serve(app, self.settings.listen)
         self.url = listening.url
         log.info("listening", url=self.url, webhook=self.settings.webhook_secret is not None)

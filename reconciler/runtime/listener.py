@@ -1,10 +1,12 @@
-"""The daemon's one HTTP listener: metrics, health, status and the git webhook.
+"""The daemon's one HTTP listener: metrics, health, status, the git webhook, the web view.
 
 ``/metrics`` (Prometheus), ``/healthz`` (the process and its loop are alive),
 ``/readyz`` (manifests loaded once and the API reachable; not tied to leadership),
 ``/status`` (JSON of every manifest), ``POST /hooks/reconcile`` (a git push webhook,
 HMAC-SHA256 signed in ``X-Hub-Signature-256`` as GitHub does; disabled, 404, without a
-secret). The app only reads through :class:`Surface`; the daemon owns the state.
+secret), and the read-only web view (``GET /``, ``/manifests/{name}``:
+:mod:`reconciler.observe.web`; 404 when it is off). The app only reads through
+:class:`Surface`; the daemon owns the state.
 :func:`serve` runs the app with uvicorn on the daemon's event loop. What ``/status``,
 ``/metrics`` and ``/readyz`` serve goes through the one scrubber
 (:mod:`reconciler.model.scrub`) once more on its way out.
@@ -58,6 +60,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from reconciler.errors import ConfigError
 from reconciler.listen import bind_socket, parse_listen
 from reconciler.model import scrub
+from reconciler.observe.web import WebSurface, web_routes
 
 __all__ = [
     "BODY_TIMEOUT",
@@ -117,6 +120,8 @@ class Surface:
     ready: Callable[[], Awaitable[tuple[bool, str]]]
     status: Callable[[], Mapping[str, Any]]
     trigger: Callable[[str], None]
+    #: the read-only web view (``GET /``, ``/manifests/{name}``); None: off (404)
+    web: WebSurface | None = None
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -151,6 +156,7 @@ def create_app(surface: Surface, *, webhook_secret: str | None = None) -> Starle
         Route("/readyz", readyz),
         Route("/status", status),
         Route("/hooks/reconcile", _webhook(surface, webhook_secret), methods=["POST"]),
+        *(web_routes(surface.web) if surface.web is not None else ()),
     ]))
 
 

@@ -46,6 +46,8 @@ class DaemonSettings:
     git: GitSettings | None = None
     #: accept a source with no manifests where the last good one had some (orphan them all)
     allow_empty: bool = False
+    #: serve the read-only web view on the listener (``GET /``); off: ``/`` answers 404
+    ui: bool = True
 
     @property
     def secrets(self) -> tuple[str, ...]:

@@ -24,7 +24,11 @@ connection pool (1 to 4 connections), autocommit off, one transaction per public
 - **Failures.** Every ``psycopg`` error becomes a :class:`~reconciler.errors.StoreError`
   naming the scrubbed URL and what to check. A lost connection (the server restarted) is
   replaced and the transaction run again, a few times: safe for a compare-and-set, whose
-  second try writes nothing if the first one's commit did land.
+  second try writes nothing if the first one's commit did land. A transaction waits at
+  most ``POOL_WAIT`` for a pooled connection, and once a connection could not be made at
+  all (the server is down) only ``DOWN_POOL_WAIT``; then it tries one direct connection.
+  So a caller (the daemon's event loop) learns at once that the server is still down, or
+  is served as soon as it is back, without waiting out the pool's reconnection backoff.
 - ``readonly=True`` runs every session with ``default_transaction_read_only = on``.
 """
 
@@ -81,6 +85,13 @@ __all__ = [
 
 T = TypeVar("T")
 
+#: seconds a transaction waits for a pooled connection before trying one direct
+#: connection (the pool only lacks one when the server went away: its connections were
+#: closed and it reconnects in the background, with backoff), and while the server is
+#: known to be down
+POOL_WAIT = 1.0
+DOWN_POOL_WAIT = 0.2
+
 
 # ---------------------------------------------------------------------------- the store
 
@@ -118,6 +129,9 @@ class PostgresStore:
             raise self.dsn.error("cannot open", exc) from None
         self._pool: psycopg_pool.ConnectionPool[PooledConnection] = open_pool(
             self.dsn, extra, min_size=min_size, max_size=max_size, timeout=timeout)
+        #: False after a connection could not be made (the server is down): the next
+        #: transactions do not wait for the pool (see :meth:`_run`)
+        self._reachable = True
 
     @property
     def location(self) -> str:
@@ -146,11 +160,18 @@ class PostgresStore:
         the pool waits between its reconnection attempts) is bypassed once: a direct
         connection either runs ``work`` (the server is back) or tells why it cannot."""
         delay = 0.1
+        # The pool is given little time, and none to speak of while the server is known
+        # to be down: a call fails (or, once the server is back, succeeds) at the speed
+        # of one direct connection instead of blocking its caller (the daemon's event
+        # loop) for the pool's whole timeout.
+        wait = min(self.timeout, POOL_WAIT if self._reachable else DOWN_POOL_WAIT)
         for attempt in range(1, ATTEMPTS + 1):
             conn: Connection | None = None
             try:
-                with self._pool.connection() as conn:
-                    return work(conn)
+                with self._pool.connection(timeout=wait) as conn:
+                    result = work(conn)
+                self._reachable = True
+                return result
             except StoreError:
                 raise
             except psycopg_pool.PoolTimeout:
@@ -162,10 +183,20 @@ class PostgresStore:
                     continue
                 raise self.dsn.error(what, exc) from None
         try:
-            with connect(self.dsn, self._extra) as direct:
+            direct = connect(self.dsn, self._extra)
+        except psycopg.Error as exc:
+            self._reachable = False
+            raise self.dsn.error(what, exc) from None
+        try:
+            with direct:
                 return work(direct)
         except psycopg.Error as exc:
             raise self.dsn.error(what, exc) from None
+
+    def ping(self) -> None:
+        """Raise StoreError unless the server answers a query now (``/readyz``); while it
+        is known to be down this costs one connection attempt, not the pool's timeout."""
+        self._rows("SELECT 1 AS one")
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> list[DictRow]:
         return self._run("read", lambda conn: conn.execute(query, params).fetchall())

@@ -59,6 +59,17 @@ SUCCEEDING = [(sid, name, cmd) for sid, name, cmds in SERVICES for cmd, spec in 
 RETRY = {"limit": 2, "backoff": "200ms", "maxBackoff": "1s"}
 
 
+def log_events(log: Path) -> Iterator[dict[str, Any]]:
+    """The JSON log lines of a daemon's log file (a line cut short by SIGKILL skipped)."""
+    for line in log.read_text(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                yield json.loads(line)
+            except ValueError:
+                continue
+
+
 @dataclass(frozen=True)
 class Expectation:
     """What one manifest must have caused on the server once settled."""
@@ -258,13 +269,7 @@ class DaemonRun:
         return "Traceback (most recent call last)" in self.log.read_text(errors="replace")
 
     def events(self) -> Iterator[dict[str, Any]]:
-        for line in self.log.read_text(errors="replace").splitlines():
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    yield json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by SIGKILL
+        return log_events(self.log)
 
     def phase(self) -> str:
         """Where the kill landed, from the last event the run logged."""
@@ -420,3 +425,153 @@ def count_by_manifest(
         else:
             per_name[name] += 1
     return per_name, per_id, strangers
+
+
+# ---------------------------------------------------------------------------- replicas
+# Long-running daemons (``reconciler run`` without ``--once``): they elect a leader (with a
+# PostgreSQL store, by its advisory lock), so a kill of the leader is a failover. Used by
+# ``tests/chaos/test_chaos_postgres.py`` and ``tests/chaos/test_postgres_restart.py``.
+
+
+def replica_argv(manifests: Path, url: str, extra: Sequence[str] = ()) -> list[str]:
+    """``reconciler run`` without ``--once`` and without ``--state`` (the store comes from
+    ``RECONCILER_STATE``, as the Helm chart passes it)."""
+    return [sys.executable, "-m", "reconciler", "run", "--manifests", str(manifests),
+            "--api-url", url, "--listen", "", "--interval", "1s", "--log-format", "json",
+            "--request-timeout", "2s", "--settle-window", "3s", *extra]
+
+
+class Replica:
+    """One long-running daemon process; its log is a file of JSON events."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str],
+                 log: Path) -> None:
+        self.name = name
+        self.log = log
+        self._out = log.open("wb")
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(list(argv), stdout=self._out, stderr=subprocess.STDOUT,
+                                     env={**clean_env(), **env})
+        self.killed_at: float | None = None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def events(self) -> Iterator[dict[str, Any]]:
+        return log_events(self.log)
+
+    def leading(self) -> bool:
+        """Alive, and its last leadership event is ``leader_acquired``."""
+        if not self.alive():
+            return False
+        last = None
+        for event in self.events():
+            if event.get("event") in ("leader_acquired", "leader_lost"):
+                last = event["event"]
+        return last == "leader_acquired"
+
+    def acquired_at(self) -> float | None:
+        """Wall-clock time of its last ``leader_acquired`` event (None: never led)."""
+        found = None
+        for event in self.events():
+            if event.get("event") == "leader_acquired":
+                found = log_time(event)
+        return found
+
+    def crashed(self) -> bool:
+        """An uncaught exception (a traceback) is in its log."""
+        return "Traceback (most recent call last)" in self.log.read_text(errors="replace")
+
+    def kill(self) -> float:
+        """SIGKILL; the wall-clock time (``time.time()``) at which it was dead (reaped)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        self.killed_at = time.time()
+        self._out.close()
+        return self.killed_at
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait (SIGKILL after ``timeout``); the exit status."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
+
+
+def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.02) -> float:
+    """Seconds until ``predicate()`` was true; AssertionError naming ``what`` after
+    ``timeout``."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+    return time.monotonic() - started
+
+
+#: the requests that only a leader sends: a run POST, and an operation's GET (a poll)
+FOLLOWING = ("POST /api/v1/ailake/services/", "GET /api/v1/ailake/operations/")
+
+
+class RequestLog:
+    """Every AI Lake API request an in-process emulator counts, with the wall-clock time
+    (``time.time()``, comparable with the daemons' log timestamps, :func:`log_time`) it
+    arrived: ``(time, "METHOD template")``. Installed on a
+    :class:`~reconciler.ailake.emulator.RunningEmulator`'s state."""
+
+    def __init__(self, state: Any) -> None:
+        self.entries: list[tuple[float, str]] = []
+        counted = state.count_request
+
+        def count_request(key: str) -> None:
+            self.entries.append((time.time(), key))
+            counted(key)
+
+        state.count_request = count_request
+
+    def first_after(self, moment: float, *, kinds: Sequence[str] = FOLLOWING,
+                    ) -> tuple[float, str] | None:
+        """The first request after ``moment`` whose key starts with one of ``kinds`` (by
+        default: a run POST or an operation's GET)."""
+        for at, key in list(self.entries):
+            if at > moment and key.startswith(tuple(kinds)):
+                return at, key
+        return None
+
+
+def log_time(event: Mapping[str, Any]) -> float:
+    """A log event's ``timestamp`` (ISO 8601, UTC) as ``time.time()`` seconds."""
+    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def status_of(manifests: Path, location: str) -> dict[str, dict[str, Any]]:
+    """:func:`status_in_process` on any store location (a SQLite path or a
+    ``postgresql://`` URL): ``reconciler status --manifests`` rows by manifest name."""
+    from reconciler.store import open_store
+
+    load = load_manifests(manifests)
+    with open_store(location, readonly=True) as store:
+        views = plan(load.commands, store.intents(), datetime.now(UTC),
+                     windows=store.latest_windows()).views
+        rows = status_json(status_rows(store.latest_by_name(), views))
+    return {row["name"]: row for row in rows}
+
+
+def write_generation(scenario: Scenario, root: Path, generation: int) -> Path:
+    """:meth:`Scenario.write` of ``generation`` while daemons read the folder: each file
+    is written beside it first and moved into place (``os.replace``), so a load sees a
+    file whole, old or new, never cut short (which would orphan its other manifests)."""
+    staging = root / "staging"
+    staging.mkdir(exist_ok=True)
+    folder = root / "manifests"
+    docs = [dict(m, spec={**m["spec"], "rerun": str(generation)}) for m in scenario.manifests]
+    for start in range(0, len(docs), 3):
+        name = f"batch-{start // 3:03d}.yaml"
+        (staging / name).write_text(yaml.safe_dump_all(docs[start:start + 3], sort_keys=False))
+        os.replace(staging / name, folder / name)
+    return folder

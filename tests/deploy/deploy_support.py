@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,19 @@ def find_tool(name: str) -> str:
 
 def run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The rendered objects by kind (each kind at most once)."""
+    by_kind: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        assert doc["kind"] not in by_kind, f"two {doc['kind']} objects"
+        by_kind[doc["kind"]] = doc
+    return by_kind
+
+
+def container(docs: list[dict[str, Any]], name: str = "reconciler") -> dict[str, Any]:
+    """A container of the rendered Deployment."""
+    spec = kinds(docs)["Deployment"]["spec"]["template"]["spec"]
+    return next(c for c in spec["containers"] if c["name"] == name)
+

@@ -31,6 +31,7 @@ import yaml
 from deploy_support import CHART, REPO, RULES_FILE, find_tool
 
 DOC = REPO / "docs" / "deployment.md"
+DB_PASSWORD = "db-password-for-the-doc-test"  # the doc test's own
 #: commands that need a cluster, a Docker daemon, or are this suite itself
 NOT_HERE = (
     re.compile(r"^docker "),
@@ -83,6 +84,7 @@ class Workspace:
         (root / "known_hosts").write_text("github.com ssh-ed25519 AAAAC3Nza\n")
         self.env = {**os.environ, "GOODDATA_API_TOKEN": "api-token-for-the-doc-test",
                     "GIT_READ_TOKEN": "git-token-for-the-doc-test",
+                    "STATE_DB_PASSWORD": DB_PASSWORD,
                     "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         self.secrets: dict[str, set[str]] = {}
         self.configmaps: dict[str, dict[str, Any]] = {}
@@ -151,8 +153,8 @@ def test_every_shell_recipe_ran_or_needs_a_cluster(workspace: Workspace) -> None
     for command in workspace.not_here:  # what cannot run here, and nothing else
         assert command.startswith(("docker ", "kubectl", "sudo ", "CI=1 ")), command
     assert {"ailake-api-token", "ailake-webhook", "ailake-git-token", "ailake-git-ssh",
-            "ailake-git"} <= set(workspace.secrets)
-    assert len(workspace.renders) == 3  # the git follower, git-sync, the ConfigMap
+            "ailake-git", "ailake-state-db"} <= set(workspace.secrets)
+    assert len(workspace.renders) == 4  # the git follower, git-sync, the ConfigMap, HA
 
 
 def test_the_configmap_recipe_holds_the_nested_manifests(workspace: Workspace) -> None:
@@ -191,6 +193,8 @@ def test_every_secret_the_charts_read_was_made_by_the_page_with_its_keys(
 def test_the_three_sources_render_as_the_page_says(workspace: Workspace) -> None:
     by_source: dict[str, list[str]] = {}
     for render in workspace.renders:
+        if _postgres(render):
+            continue  # the HA recipe: see the next test
         args = _args(render)
         names = [c["name"] for c in
                  _deployment(render)["spec"]["template"]["spec"]["containers"]]
@@ -209,6 +213,19 @@ def test_the_three_sources_render_as_the_page_says(workspace: Workspace) -> None
     assert sync[sync.index("--manifests") + 1] == "/git/current/manifests/prod"
     assert by_source["configmap"][by_source["configmap"].index("--manifests") + 1] == \
         "/manifests"
+
+
+def test_the_ha_recipe_renders_two_replicas_on_the_database_secret(
+        workspace: Workspace) -> None:
+    (render,) = [r for r in workspace.renders if _postgres(r)]
+    kinds = {d["kind"] for d in render}
+    assert "PodDisruptionBudget" in kinds and not {"Role", "PersistentVolumeClaim"} & kinds
+    deployment = _deployment(render)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert _postgres(render) == {"name": "ailake-state-db", "key": "url"}
+    assert "--state" not in _args(render)
+    assert DB_PASSWORD not in yaml.safe_dump_all(render)
 
 
 @pytest.mark.parametrize("index", range(len([b for b in blocks() if b[0] == "yaml"])))
@@ -254,6 +271,16 @@ def test_every_yaml_block_is_a_valid_values_file_or_prometheus_config(
 
 def _deployment(render: list[dict[str, Any]]) -> dict[str, Any]:
     return next(d for d in render if d["kind"] == "Deployment")
+
+
+def _postgres(render: list[dict[str, Any]]) -> dict[str, str] | None:
+    """The Secret key the render's RECONCILER_STATE comes from (None: SQLite)."""
+    spec = _deployment(render)["spec"]["template"]["spec"]
+    container = next(c for c in spec["containers"] if c["name"] == "reconciler")
+    env = {e["name"]: e for e in container["env"]}
+    ref: dict[str, str] | None = (env["RECONCILER_STATE"].get("valueFrom") or {}).get(
+        "secretKeyRef")
+    return ref
 
 
 def _args(render: list[dict[str, Any]]) -> list[str]:

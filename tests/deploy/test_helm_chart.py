@@ -13,15 +13,19 @@ from typing import Any
 import pytest
 import yaml
 from deploy_support import CHART, CHART_DASHBOARD, RULES_FILE, missing_tool, run
+from deploy_support import container as _container
+from deploy_support import kinds as _kinds
 
 K8S_VERSION = "1.30.0"
 CRD_GROUPS = ("monitoring.coreos.com/",)
 SCENARIOS = {
     "default": {"values": ("default",), "args": ()},
     "full": {"values": ("full",), "args": ()},
-    "standby": {
+    "ha": {"values": ("ha",), "args": ()},
+    "ha-configmap": {
         "values": ("default",),
-        "args": ("--set", "replicas=2", "--set", "strategy.type=RollingUpdate"),
+        "args": ("--set", "state.postgres.existingSecret=ailake-state-db", "--set",
+                 "networkPolicy.enabled=true"),
     },
     "ssh": {
         "values": ("full",),
@@ -68,21 +72,8 @@ SCENARIOS = {
 }
 
 
-def _kinds(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    by_kind: dict[str, dict[str, Any]] = {}
-    for doc in docs:
-        assert doc["kind"] not in by_kind, f"two {doc['kind']} objects"
-        by_kind[doc["kind"]] = doc
-    return by_kind
-
-
 def _deployment(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return _kinds(docs)["Deployment"]
-
-
-def _container(docs: list[dict[str, Any]], name: str = "reconciler") -> dict[str, Any]:
-    spec = _deployment(docs)["spec"]["template"]["spec"]
-    return next(c for c in spec["containers"] if c["name"] == name)
 
 
 def _flag(args: list[str], flag: str) -> str:
@@ -93,7 +84,7 @@ def _flag(args: list[str], flag: str) -> str:
 # -- lint and render --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("values", ["default", "full", "git"])
+@pytest.mark.parametrize("values", ["default", "full", "git", "ha"])
 def test_helm_lint_strict(helm: str, values: str) -> None:
     proc = run(
         [helm, "lint", "--strict", str(CHART), "-f", str(CHART / "ci" / f"{values}-values.yaml")]
@@ -563,7 +554,12 @@ def test_extra_args_and_env_passthrough(render: Any) -> None:
         (("--set", "strategy.type=BlueGreen"), "strategy.type"),
         (("--set", "image.pullPolicy=Sometimes"), "pullPolicy"),
         (("--set", "service.port=70000"), "service.port"),
-        (("--set", "replicaCount=2"), "replicaCount"),
+        (("--set", "replicaCount=-1"), "replicaCount"),
+        (("--set", "replicaCount=two"), "replicaCount"),
+        (("--set", "state.postgres.url=postgresql://u:pw@db/x"), "state.postgres"),
+        (("--set", "state.postgres.existingSecret=Not_A_Name"), "existingSecret"),
+        (("--set", "networkPolicy.database.port=0"), "networkPolicy.database.port"),
+        (("--set", "podDisruptionBudget.maxUnavailable=1"), "podDisruptionBudget"),
         (("--set", "git.interval=often"), "git.interval"),
         (("--set", "git.url=ext::sh -c id"), "git.url"),
         (("--set", "git.token.user=a:b"), "git.token.user"),
@@ -597,7 +593,8 @@ def test_schema_rejects_bad_values(helm_template: Any, args: tuple[str, ...], me
         (("--set", "manifests.configMap=", "--set", "git.enabled=true", "--set",
           "git.url=https://x/y.git", "--set", "git.ssh.existingSecret=b"), "ssh://"),
         (("--set", "manifests.configMap=", "--set", "gitSync.enabled=true"), "gitSync.repo"),
-        (("--set", "persistence.enabled=true", "--set", "replicas=2"), "replicas: 1 only"),
+        (("--set", "persistence.enabled=true", "--set", "replicaCount=2"),
+         "replicaCount: 2 needs the PostgreSQL store (state.postgres.existingSecret)"),
         (("--set", "persistence.enabled=true", "--set", "strategy.type=RollingUpdate"), "Recreate"),
     ],
 )
@@ -609,7 +606,7 @@ def test_template_rejects_inconsistent_values(
     assert message in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("scenario", ["default", "full", "git", "git-ssh"])
+@pytest.mark.parametrize("scenario", ["default", "full", "git", "git-ssh", "ha"])
 def test_the_pods_variables_say_what_its_args_say_so_check_runs_in_the_pod(
         render: Any, scenario: str) -> None:
     """``kubectl exec ... -- reconciler check`` (and ``plan``, ``status``) take their
@@ -681,5 +678,21 @@ def test_chart_metadata() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert "apiUrl" in schema["required"]
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["replicas"] == 1
-    assert values["strategy"]["type"] == "Recreate"
+    assert values["replicaCount"] is None  # 1 with SQLite, 2 with PostgreSQL
+    assert "replicas" not in values
+    assert values["strategy"] == {}  # Recreate with SQLite, RollingUpdate with PostgreSQL
+    assert values["state"]["postgres"] == {"existingSecret": "", "key": "url"}
+
+
+def test_the_web_view_is_on_by_default_and_ui_enabled_false_turns_it_off(render: Any) -> None:
+    assert "--no-ui" not in _container(render())["args"]
+    off = _container(render("--set", "ui.enabled=false"))["args"]
+    assert "--no-ui" in off
+
+
+def test_the_chart_s_no_ui_arg_is_one_the_cli_parses(render: Any) -> None:
+    from reconciler.cli.main import build_parser
+
+    args = _container(render("--set", "ui.enabled=false"))["args"]
+    parsed = build_parser().parse_args(args)
+    assert parsed.ui is False

@@ -72,6 +72,40 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{/* "true" when the state store is PostgreSQL (state.postgres.existingSecret), else "". */}}
+{{- define "ailake-reconciler.postgres" -}}
+{{- if .Values.state.postgres.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* Pods: replicaCount, or 2 with PostgreSQL and 1 with SQLite. */}}
+{{- define "ailake-reconciler.replicaCount" -}}
+{{- if kindIs "invalid" .Values.replicaCount }}
+{{- if include "ailake-reconciler.postgres" . }}2{{ else }}1{{ end }}
+{{- else }}
+{{- int .Values.replicaCount }}
+{{- end }}
+{{- end }}
+
+{{/* The Deployment's strategy: the strategy value, or RollingUpdate (one pod at a time,
+never fewer ready than wanted) with PostgreSQL and Recreate with SQLite. */}}
+{{- define "ailake-reconciler.strategy" -}}
+{{- if .Values.strategy.type }}
+{{- toYaml .Values.strategy }}
+{{- else if include "ailake-reconciler.postgres" . }}
+type: RollingUpdate
+rollingUpdate:
+  maxSurge: 1
+  maxUnavailable: 0
+{{- else }}
+type: Recreate
+{{- end }}
+{{- end }}
+
+{{/* "true" when a Kubernetes Lease elects the leader: leaderElection.enabled, SQLite. */}}
+{{- define "ailake-reconciler.leaseElection" -}}
+{{- if and .Values.leaderElection.enabled (not (include "ailake-reconciler.postgres" .)) }}true{{ end }}
+{{- end }}
+
 {{- define "ailake-reconciler.pvcName" -}}
 {{- default (printf "%s-state" (include "ailake-reconciler.fullname" .)) .Values.persistence.existingClaim }}
 {{- end }}
@@ -117,10 +151,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.gitSync.https.existingSecret .Values.gitSync.ssh.existingSecret }}
 {{- fail "set either gitSync.https.existingSecret or gitSync.ssh.existingSecret, not both" }}
 {{- end }}
-{{- if and .Values.persistence.enabled (gt (int .Values.replicas) 1) }}
-{{- fail "persistence.enabled supports replicas: 1 only (one SQLite store per pod); with several replicas keep the emptyDir state, it is recoverable" }}
+{{- if not (kindIs "invalid" .Values.replicas) }}
+{{- fail (printf "replicas is now replicaCount (Helm's convention): --set replicaCount=%v" .Values.replicas) }}
 {{- end }}
-{{- if and .Values.persistence.enabled (ne .Values.strategy.type "Recreate") }}
+{{- $postgres := include "ailake-reconciler.postgres" . }}
+{{- $replicas := int (include "ailake-reconciler.replicaCount" .) }}
+{{- $strategy := (include "ailake-reconciler.strategy" . | fromYaml).type }}
+{{- if $postgres }}
+{{- if .Values.persistence.enabled }}
+{{- fail "persistence.enabled is for the SQLite store; with state.postgres.existingSecret the database keeps the state and history: set persistence.enabled=false" }}
+{{- end }}
+{{- else }}
+{{- if gt $replicas 1 }}
+{{- fail (printf "replicaCount: %d needs the PostgreSQL store (state.postgres.existingSecret): with SQLite every pod has its own store, so run one pod (replicaCount: 1), or share a database for high availability" $replicas) }}
+{{- end }}
+{{- if ne $strategy "Recreate" }}
+{{- if .Values.persistence.enabled }}
 {{- fail "persistence.enabled requires strategy.type: Recreate (a ReadWriteOnce volume and the SQLite lock cannot be shared by the old and the new pod)" }}
+{{- end }}
+{{- fail "strategy.type: RollingUpdate needs the PostgreSQL store (state.postgres.existingSecret): with SQLite the old and the new pod of a rolling update would each run with its own store; keep strategy.type: Recreate" }}
+{{- end }}
 {{- end }}
 {{- end }}
