@@ -506,3 +506,13 @@ def test_the_watcher_reads_only_files_whose_stat_moved(
     write(tmp_path / "m2.yaml", manifest("m2", "  rerun: '9'\n"))
     assert w.changed()
     assert [entry.display for entry in read.calls] == [str(tmp_path / "m2.yaml")]
+
+
+def test_a_fast_rate_grows_by_a_share_of_itself_not_one_request_at_a_time() -> None:
+    clock = FakeClock()
+    limit = limiter(clock, start=200.0, ceiling=1000.0)
+    limit.observe(status=200, latency=0.05)
+    assert limit.current_rate == pytest.approx(204.0)
+    for _ in range(100):
+        limit.observe(status=200, latency=0.05)
+    assert limit.current_rate == 1000.0
