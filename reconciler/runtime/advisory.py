@@ -38,6 +38,7 @@ import psycopg
 import structlog
 
 from reconciler.errors import ConfigError, StoreError
+from reconciler.runtime.leadership import Leadership
 from reconciler.store.postgres import PostgresDsn
 
 __all__ = ["HELD", "AdvisoryLeader", "AdvisorySettings", "lock_key"]
@@ -88,7 +89,7 @@ class AdvisorySettings:
         return lock_key(self.name)
 
 
-class AdvisoryLeader:
+class AdvisoryLeader(Leadership):
     """Hold one session-level advisory lock; :attr:`is_leader` says whether this replica
     may act. ``run()`` loops until cancelled or :meth:`release`; ``on_change(leader)`` is
     called on every flip (first with True when the lock is taken)."""
@@ -96,13 +97,11 @@ class AdvisoryLeader:
     def __init__(self, settings: AdvisorySettings, *,
                  on_change: Callable[[bool], None] | None = None,
                  environ: Mapping[str, str] = os.environ) -> None:
+        super().__init__(on_change)
         self.settings = settings
-        self.on_change = on_change
         self.dsn = PostgresDsn.parse(settings.url, password_file=settings.password_file,
                                      environ=environ)
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._leader = False
-        self._became = asyncio.Event()
         self._wake = asyncio.Event()
         self._checked_at = 0.0  # monotonic start of the last successful check
         self._busy = False  # a query is using the connection (its socket is not idle)
@@ -338,26 +337,19 @@ class AdvisoryLeader:
     # ------------------------------------------------------------------ state
 
     def _set(self, leader: bool, reason: str) -> None:
-        if leader == self._leader:
+        if not self._flip(leader):
             return
-        self._leader = leader
         s = self.settings
         if leader:
-            self._became.set()
             log.info("leader_acquired", lock=s.name, identity=s.identity,
                      database=self.dsn.display, election="advisory-lock")
         else:
-            self._became.clear()
             # another replica takes over at its next try, before this one tries again
             self._cooldown_until = time.monotonic() + 2 * JITTER * s.retry_period
             level = "info" if reason in ("released", "stopped") else "warning"
             getattr(log, level)("leader_lost", lock=s.name, identity=s.identity,
                                 reason=reason, election="advisory-lock")
-        if self.on_change is not None:
-            try:
-                self.on_change(leader)
-            except Exception:
-                log.exception("leader_on_change_failed", leader=leader)
+        self._tell(leader)
 
     def _text(self, exc: BaseException) -> str:
         if isinstance(exc, TimeoutError):

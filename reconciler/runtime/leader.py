@@ -47,6 +47,7 @@ from reconciler.errors import (
     TemporaryError,
     classify_status,
 )
+from reconciler.runtime.leadership import Leadership
 
 __all__ = [
     "LeaderElector",
@@ -206,7 +207,7 @@ def _api_error(response: httpx.Response, method: str, path: str) -> ApiError:
                 detail=detail)
 
 
-class LeaderElector:
+class LeaderElector(Leadership):
     """Acquire and renew one Lease; :attr:`is_leader` says whether this replica may act.
 
     ``run()`` loops until cancelled (or until :meth:`release`); ``on_change(leader)`` is
@@ -223,12 +224,10 @@ class LeaderElector:
         clock: Callable[[], datetime] = _utcnow,
         on_change: Callable[[bool], None] | None = None,
     ) -> None:
+        super().__init__(on_change)
         self.settings = settings
         self.transport = transport
         self.clock = clock
-        self.on_change = on_change
-        self._leader = False
-        self._became = asyncio.Event()
         self._renewed_at = 0.0  # monotonic start of the last successful renew
         self._renew_failed = False  # the last renewal failed: no new POST until one works
         self._lock = asyncio.Lock()
@@ -434,24 +433,17 @@ class LeaderElector:
         return s.retry_period * random.uniform(1.0, JITTER)
 
     def _set(self, leader: bool, reason: str) -> None:
-        if leader == self._leader:
+        if not self._flip(leader):
             return
-        self._leader = leader
         s = self.settings
         if leader:
-            self._became.set()
             log.info("leader_acquired", lease=s.name, namespace=s.namespace,
                      identity=s.identity)
         else:
-            self._became.clear()
             level = "info" if reason in ("released", "stopped") else "warning"
             getattr(log, level)("leader_lost", lease=s.name, namespace=s.namespace,
                                 identity=s.identity, reason=reason)
-        if self.on_change is not None:
-            try:
-                self.on_change(leader)
-            except Exception:
-                log.exception("leader_on_change_failed", leader=leader)
+        self._tell(leader)
 
     def _observe(self, holder: str) -> None:
         if holder != self._holder:
