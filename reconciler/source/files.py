@@ -46,10 +46,12 @@ __all__ = [
     "MAX_FILES",
     "YAML_SUFFIXES",
     "FileEntry",
+    "FileStat",
     "Listing",
     "configmap_key",
     "configmap_path",
     "escaped",
+    "file_stat",
     "is_configmap_mount",
     "list_files",
     "read_bounded",
@@ -365,3 +367,17 @@ def read_bounded(entry: FileEntry, limit: int) -> bytes | int:
 def yaml_files(path: Path) -> list[Path]:
     """The manifest files under ``path`` (the listing's files only, no problems)."""
     return [Path(e.path) for e in list_files(path).entries]
+
+
+#: (device, inode, size, mtime ns, ctime ns): what says a file may have changed
+FileStat = tuple[int, int, int, int, int]
+
+
+def file_stat(path: str) -> FileStat | None:
+    """The :data:`FileStat` of ``path`` (None: it is gone or unreadable)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+

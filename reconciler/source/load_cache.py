@@ -3,19 +3,18 @@ last tree's signature and result (see :mod:`reconciler.source.loader`)."""
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.model.manifest import LoadResult
+from reconciler.source.files import FileStat
 from reconciler.source.parsed import _Parsed
 
 #: sources whose files are remembered (each directory or git path loaded)
 _MEMO_SOURCES = 8
 
-_Stat = tuple[int, int, int, int, int]
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class _FileMemo:
     trusted, its content digest, and its validated documents."""
 
     path: str
-    stat: _Stat | None
+    stat: FileStat | None
     trusted: bool
     digest: bytes
     parsed: _Parsed
@@ -60,12 +59,3 @@ def _memo(key: tuple[Any, ...]) -> _SourceMemo:
         else:
             _memos.move_to_end(key)
         return memo
-
-
-def _stat(path: str) -> _Stat | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-

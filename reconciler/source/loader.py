@@ -40,11 +40,10 @@ from reconciler.model.manifest import LoadResult, ServiceCommand
 from reconciler.source.composer import UNNAMED, Located, compose, show
 from reconciler.source.fast_path import _parse_fast as _parse_fast
 from reconciler.source.fast_path import _surely_valid as _surely_valid
-from reconciler.source.files import MAX_FILES, FileEntry, list_files, read_bounded
+from reconciler.source.files import MAX_FILES, FileEntry, file_stat, list_files, read_bounded
 from reconciler.source.load_cache import _FileMemo as _FileMemo
 from reconciler.source.load_cache import _memo as _memo
 from reconciler.source.load_cache import _SourceMemo as _SourceMemo
-from reconciler.source.load_cache import _stat as _stat
 from reconciler.source.load_cache import clear_cache as clear_cache
 from reconciler.source.parsed import _Doc as _Doc
 from reconciler.source.parsed import _Parsed as _Parsed
@@ -345,7 +344,7 @@ def _load(memo: _SourceMemo, roots: Sequence[Path], *, revision: str | None, max
 def _file(entry: FileEntry, known: _FileMemo | None) -> _FileMemo | Problem:
     """One listed file: the remembered one when its stat is unchanged (and was not racy),
     else read, and parsed again only when its content changed."""
-    stat = _stat(entry.path)
+    stat = file_stat(entry.path)
     if (known is not None and known.trusted and stat is not None and known.stat == stat
             and known.path == entry.path):
         return known

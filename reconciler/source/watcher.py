@@ -26,7 +26,14 @@ from typing import Any
 
 import structlog
 
-from reconciler.source.files import FileEntry, Listing, list_files, read_bounded
+from reconciler.source.files import (
+    FileEntry,
+    FileStat,
+    Listing,
+    file_stat,
+    list_files,
+    read_bounded,
+)
 from reconciler.source.loader import MAX_FILE_BYTES, RACY_SECONDS
 
 
@@ -49,7 +56,6 @@ EVENT_DEBOUNCE_MS = 100
 EVENT_STEP_MS = 20
 _RACY_NS = int(RACY_SECONDS * 1e9)
 
-_Stat = tuple[int, int, int, int, int]
 
 
 def events_available() -> bool:
@@ -68,7 +74,7 @@ class SourceWatcher:
         self._stat = ""
         self.content = ""
         #: path -> (stat, digest), for files whose stat can be trusted
-        self._digests: dict[str, tuple[_Stat, bytes]] = {}
+        self._digests: dict[str, tuple[FileStat, bytes]] = {}
         #: how the last :meth:`watch` learnt of changes: ``events`` or ``polling``
         self.mode = "polling"
 
@@ -90,7 +96,7 @@ class SourceWatcher:
 
     def _content_digest(self, real: str, listing: Listing) -> str:
         digest = hashlib.sha256(os.fsencode(real) + b"\0")
-        known: dict[str, tuple[_Stat, bytes]] = {}
+        known: dict[str, tuple[FileStat, bytes]] = {}
         for entry in listing.entries:
             digest.update(os.fsencode(entry.path) + b"\0" + self._file_digest(entry, known)
                           + b"\0")
@@ -99,12 +105,12 @@ class SourceWatcher:
         self._digests = known
         return digest.hexdigest()
 
-    def _file_digest(self, entry: FileEntry, known: dict[str, tuple[_Stat, bytes]]) -> bytes:
+    def _file_digest(self, entry: FileEntry, known: dict[str, tuple[FileStat, bytes]]) -> bytes:
         """The file's content hash; for a file over the limit, only its size and mtime
         (it is never read: the loader refuses it without reading it either)."""
         if entry.size > self.limit:
             return f"large:{entry.size}:{entry.mtime_ns}".encode()
-        stat = _stat(entry.path)
+        stat = file_stat(entry.path)
         remembered = self._digests.get(entry.path)
         if stat is not None and remembered is not None and remembered[0] == stat:
             known[entry.path] = remembered
@@ -211,11 +217,3 @@ class SourceWatcher:
         except OSError:
             return os.path.realpath(self.root), -1, -1
         return os.path.realpath(self.root), st.st_dev, st.st_ino
-
-
-def _stat(path: str) -> _Stat | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
