@@ -49,6 +49,7 @@ from benchlib import (
     ROUTE_RUN,
     ROUTE_SERVICES,
     SERVICE_IDS,
+    SERVICE_NAMES,
     EmulatorProcess,
     backdated_epoch,
     commands,
@@ -167,6 +168,10 @@ async def converge(args: argparse.Namespace) -> dict[str, Any]:
         if args.epoch == "steady":
             with Store(state) as store:
                 backdated_epoch(store)
+                if args.learnt:  # durations known from earlier runs (the store's history)
+                    for service in (*SERVICE_IDS, *SERVICE_NAMES):
+                        for command in COMMANDS:
+                            seed_history(store, service, command, duration)
         extra = ["--max-in-flight", str(args.max_in_flight),
                  "--max-per-service", str(args.max_per_service), "--once"]
         if args.rate_limit is not None:
@@ -186,6 +191,7 @@ async def converge(args: argparse.Namespace) -> dict[str, Any]:
     assert len({e["operationId"] for e in executions}) == ops  # each exactly once
     ideal = args.manifests * duration / args.max_in_flight
     return {"scenario": "converge", "variant": args.variant, "epoch": args.epoch,
+            "learnt": args.learnt,
             "manifests": args.manifests, "duration": duration, "wall": wall, "cpu": cpu,
             "ideal": ideal, "wall_over_ideal": wall / ideal if ideal else None,
             "calls": counted, "calls_per_op": counted["total"] / ops,
@@ -334,6 +340,8 @@ def main() -> int:
     parser.add_argument("--rate-limit", default=None, help="as the CLI flag (default: its own)")
     parser.add_argument("--samples", type=int, default=20)
     parser.add_argument("--history", type=int, default=1)
+    parser.add_argument("--learnt", action="store_true",
+                        help="converge: the store holds earlier runs of every command")
     args = parser.parse_args()
     if args.scenario == "cold":
         args.epoch = "fresh"

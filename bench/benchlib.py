@@ -6,6 +6,8 @@ as ``python bench/bench_*.py``, which puts this folder on ``sys.path``).
 
 from __future__ import annotations
 
+import hashlib
+
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -347,9 +349,9 @@ def seed_history(store: Any, service: str, command: str, seconds: float, *,
 
     end = utcnow() - timedelta(hours=1)
     for i in range(count):
-        h = f"{i + 7_000_000:064x}"
-        intent = NewIntent(h, f"history-{i}", service, command, "", "{}")
-        op = f"history-op-{i}"
+        h = hashlib.sha256(f"{service}/{command}/{i}".encode()).hexdigest()
+        intent = NewIntent(h, f"history-{h[:8]}", service, command, "", "{}")
+        op = f"history-op-{h[:16]}"
         start = end - timedelta(seconds=seconds)
         rec = None
         for event, at in ((Claimed(intent, 0, op, SERVICE_IDS[0], "r0"), start),

@@ -72,6 +72,7 @@ import httpx
 import structlog
 
 from reconciler.ailake.failures import Failures
+from reconciler.ailake.pools import ShardedTransport
 from reconciler.ailake.ratelimit import (
     AIMD_DEFAULT_CEILING,
     AIMD_DEFAULT_START,
@@ -223,6 +224,7 @@ class AiLakeClient:
         }
         if settings.token:
             headers["Authorization"] = f"Bearer {settings.token}"
+        verify = settings.tls_verify()
         self._http = httpx.AsyncClient(
             base_url=settings.base_url,
             headers=headers,
@@ -233,8 +235,9 @@ class AiLakeClient:
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_connections,
             ),
-            verify=settings.tls_verify(),
-            transport=transport,
+            verify=verify,
+            transport=transport or ShardedTransport(max_connections=settings.max_connections,
+                                                    verify=verify),
             follow_redirects=False,
         )
         self._transport = Transport(settings, self._http, self._failures, bucket=self._bucket,

@@ -19,6 +19,7 @@ import structlog
 
 from reconciler.ailake.client import AiLakeClient
 from reconciler.errors import ApiError
+from reconciler.execution.passes import Pass
 from reconciler.execution.protocol import Fence, Protocol
 from reconciler.execution.timing import Durations, Timers, TimingSettings
 from reconciler.model.lifecycle import (
@@ -117,6 +118,8 @@ class Engine:
         #: actions of the last reconcile that ended in an API error (not counting
         #: lookups deferred after a transient failure, which are routine)
         self.failed_actions = 0
+        #: the pass running (None: between passes)
+        self._pass: Pass | None = None
 
     @property
     def client(self) -> AiLakeClient:
@@ -189,10 +192,14 @@ class Engine:
         return plan(load.commands, recorded, self.clock(), limits=self.settings.limits,
                     windows=self.store.latest_windows(), held=load.held)
 
-    async def reconcile(self, load: LoadResult, *, submit: bool = True) -> Plan:
+    async def reconcile(self, load: LoadResult, *, submit: bool = True,
+                        budget: float | None = None) -> Plan:
         """Plan, then execute every due action concurrently. ``submit=False`` (shutting
         down) still polls and records, but starts nothing new. In an epoch whose adoption
-        pass is not done, that pass comes first, and nothing is sent until it succeeds."""
+        pass is not done, that pass comes first, and nothing is sent until it succeeds.
+        ``budget`` (seconds; the daemon's): for that long, fill each freed slot from the
+        plan's queue and follow the operations whose next look is near
+        (:mod:`~reconciler.execution.passes`); :meth:`close_pass` ends it sooner."""
         self.protocol.new_pass()
         self.failed_actions = 0
         recorded = self.store.intents()
@@ -203,21 +210,25 @@ class Engine:
                 submit = False
             recorded = self.store.intents()
             current = self._plan(load, recorded)
-        gate = asyncio.Semaphore(self.settings.max_concurrency)
 
-        async def run(action: Action) -> None:
-            async with gate:
-                try:
-                    ok = await self._execute(action, current, recorded, load.revision, submit)
-                except ApiError as exc:  # already classified; never kills the loop
-                    ok = False
-                    log.warning("api_error", name=action.name, action=action.kind,
-                                status=exc.status, trace_id=exc.trace_id, error=str(exc))
-                if not ok:
-                    self.failed_actions += 1
+        async def execute(action: Action, rec: IntentRecord | None) -> bool:
+            return await self._execute(action, current, rec, load.revision, submit)
 
-        await asyncio.gather(*(run(a) for a in current.executable))
+        self._pass = Pass(current, recorded, execute, limits=self.settings.limits,
+                          concurrency=self.settings.max_concurrency, clock=self.clock,
+                          submit=submit, budget=budget)
+        try:
+            await self._pass.run()
+        finally:
+            self.failed_actions += self._pass.failed
+            self._pass = None
         return current
+
+    def close_pass(self) -> None:
+        """End the running pass's refills and follow-ups (a trigger, SIGTERM): the steps
+        running finish and record."""
+        if self._pass is not None:
+            self._pass.close()
 
     async def adopt(self, wants: Sequence[Desired]) -> dict[str, str]:
         """Probe each never-recorded intent of ``wants`` and adopt what the server has:
@@ -241,14 +252,27 @@ class Engine:
                      lifecycle_event=type(event).__name__,
                      reason="another process changed this intent first; nothing written")
             return None
+        if self._pass is not None:
+            self._pass.moved(rec, step.record, step.spec_hash)
         if step.transition is not None:
-            self._learn(step.transition)
+            self._learn(step.transition, rec)
             self._notify(step.transition)
         return step.record
 
-    def _learn(self, event: Transition) -> None:
-        if event.outcome == OperationStatus.SUCCEEDED and event.duration is not None:
-            self.timers.durations.add(event.service, event.command, event.duration)
+    def _learn(self, event: Transition, before: IntentRecord | None) -> None:
+        """A success teaches its command's typical duration; ``before``: the record it
+        succeeded from (its last look, if any, bounds the end from below)."""
+        if event.outcome != OperationStatus.SUCCEEDED or event.duration is None:
+            return
+        seen, not_before = event.duration, None
+        if before is not None and before.attempt_started_at is not None:
+            # measured from the acceptance, as the first look is scheduled
+            start = before.accepted_at or before.attempt_started_at
+            seen -= max(0.0, (start - before.attempt_started_at).total_seconds())
+            if before.poll_count > 0:
+                not_before = (before.updated_at - start).total_seconds()
+        self.timers.durations.learn(event.service, event.command, max(0.0, seen),
+                                    not_before=not_before)
 
     def _retired(self, spec_hash: str) -> IntentRecord | None:
         """The retired record of an intent a manifest asks for again, if there is one."""
@@ -264,14 +288,13 @@ class Engine:
 
     # ------------------------------------------------------------------ actions
 
-    async def _execute(self, action: Action, current: Plan,
-                       recorded: Mapping[str, IntentRecord], revision: str,
-                       submit: bool) -> bool:
-        """Carry out one action; False when it ended in an API error worth counting."""
+    async def _execute(self, action: Action, current: Plan, rec: IntentRecord | None,
+                       revision: str, submit: bool) -> bool:
+        """Carry out one action on ``rec`` (its record as this pass knows it); False when
+        it ended in an API error worth counting."""
         want = current.desired.get(action.name)
         if want is not None and want.spec_hash != action.spec_hash:
             want = None  # a superseded record of this manifest
-        rec = recorded.get(action.spec_hash)
         kind = action.kind
         if kind == "orphan":
             self.record(rec, Retired("superseded" if action.superseded else "orphaned",

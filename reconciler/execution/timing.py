@@ -1,10 +1,11 @@
 """Delays of the protocol: polls that know the duration, the settle window, the not-found
 tolerance.
 
-Polls: the first look at an accepted operation comes when that service's command typically
-ends (the median of its recent successes), then looks follow at a small fraction of the
-operation's age, so the lag from its end to the record stays a few percent of its duration
-at a handful of GETs. A command with no history starts at ``poll_initial`` and doubles.
+Polls: the first look at an accepted operation comes when that service's command has
+ended in all but a few runs (a time tracked from what first looks found:
+:class:`Durations`), then looks follow at a small fraction of the operation's age, so the
+lag from its end to the record stays a few percent of its duration at a handful of GETs.
+A command with no history starts at ``poll_initial`` and doubles.
 
 Recorded times are wall-clock (they must survive a restart); a delay measured within this
 process must also have passed on the monotonic clock, so a wall clock that jumps forward
@@ -13,6 +14,7 @@ never ends a settle window or a not-found tolerance early.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import time
@@ -27,13 +29,21 @@ __all__ = ["Durations", "Timers", "TimingSettings"]
 
 #: successes remembered per (service, command) for the typical duration
 DURATION_SAMPLES = 20
-#: the first look at an operation comes this fraction after its command's typical
-#: duration (half the runs end later than the median: a look right at it finds most of
-#: them still running, and the next comes only :data:`LATE_POLL_FRACTION` of the age later)
+#: the first look at an operation with only a history to go by (the store's, after a
+#: restart) comes this fraction after the upper quartile of its command's durations
 TYPICAL_MARGIN = 0.02
-#: once an operation is as old as its command's typical duration, looks come every this
-#: fraction of its age (the lag bound, as a share of the duration)
+#: the quantile of the history that first look waits for
+LIKELY_END = 0.75
+#: the share of first looks that may find the operation still running: the first-look
+#: time is tracked to that quantile of the command's durations (fewer means later looks)
+EARLY_LOOKS = 0.05
+#: the step of that tracking, as a fraction of the first-look time
+TRACK_STEP = 0.05
+#: once an operation is past its first look, looks come every this fraction of its age
+#: (the lag bound, as a share of the duration)
 LATE_POLL_FRACTION = 0.05
+#: the shortest wait between two looks once an operation is past its first look (seconds)
+LATE_POLL_MIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -53,11 +63,19 @@ class TimingSettings:
 
 
 class Durations:
-    """How long each service's command typically takes: the median of its recent
-    successes, learned from the store's history at start and from every success since."""
+    """How long each service's command takes: its recent successes (learned from the
+    store's history at start and from every success since), and when to look first.
+
+    The first-look time is tracked, not averaged: a success found at the first look
+    moves it earlier by a little, one found still running moves it later by more
+    (:data:`EARLY_LOOKS`, :data:`TRACK_STEP`), so it settles where few first looks are
+    early, and a look never pushes it up run after run (a success found late says only
+    "done by then")."""
 
     def __init__(self, history: Iterable[tuple[str, str, float]] = ()) -> None:
         self._samples: dict[tuple[str, str], deque[float]] = {}
+        #: seconds after acceptance of the first look, per (service, command)
+        self._first: dict[tuple[str, str], float] = {}
         for service, command, seconds in history:  # newest first
             samples = self._samples.setdefault((service, command),
                                                deque(maxlen=DURATION_SAMPLES))
@@ -69,8 +87,45 @@ class Durations:
                                  deque(maxlen=DURATION_SAMPLES)).append(seconds)
 
     def typical(self, service: str, command: str) -> float | None:
-        samples = self._samples.get((service, command))
+        """The median of the command's recent successes on ``service``; with none there,
+        of the same command on the other services (None: it never ran)."""
+        samples = self._kept(service, command)
         return statistics.median(samples) if samples else None
+
+    def first_look(self, service: str, command: str) -> float | None:
+        """Seconds after acceptance to look first: the tracked time, else (a history only)
+        just after the upper quartile of the recent durations (None: it never ran)."""
+        tracked = self._first.get((service, command))
+        if tracked is not None:
+            return tracked
+        samples = sorted(self._kept(service, command))
+        if not samples:
+            return None
+        quartile = samples[min(len(samples) - 1, math.ceil(LIKELY_END * len(samples)) - 1)]
+        return quartile * (1 + TYPICAL_MARGIN)
+
+    def _kept(self, service: str, command: str) -> list[float]:
+        samples = self._samples.get((service, command))
+        if samples:
+            return list(samples)
+        return [x for (_, c), kept in self._samples.items() if c == command for x in kept]
+
+    def learn(self, service: str, command: str, seconds: float, *,
+              not_before: float | None) -> None:
+        """A success seen ``seconds`` after acceptance; ``not_before``: its age at the last
+        look that found it still running (None: the first look found it done). It ended
+        in between: the middle is its duration."""
+        key = (service, command)
+        if not_before is not None:
+            seconds = (max(0.0, min(not_before, seconds)) + seconds) / 2
+        tracked = self._first.get(key)
+        if tracked is None:
+            self._first[key] = seconds
+        elif not_before is None:  # done at the first look: a little earlier next time
+            self._first[key] = tracked * (1 - TRACK_STEP * EARLY_LOOKS)
+        else:  # still running at the first look: later, at least to where it ended
+            self._first[key] = max(tracked * (1 + TRACK_STEP * (1 - EARLY_LOOKS)), seconds)
+        self.add(service, command, seconds)
 
 
 class Timers:
@@ -97,16 +152,18 @@ class Timers:
         """When to look next at the accepted operation of ``rec`` (``polls`` looks so
         far): at the command's typical end, then every few percent of its age."""
         now = self.clock()
-        typical = self.durations.typical(rec.service, rec.command)
-        started = rec.attempt_started_at or now
+        first = self.durations.first_look(rec.service, rec.command)
+        started = rec.accepted_at or rec.attempt_started_at or now
         age = max(0.0, (now - started).total_seconds())
-        if typical is None:
-            return now + self.poll_delay(polls)
         s = self.settings
-        if age < typical:  # before the typical end: look just after it
-            wait = max(s.poll_initial, typical * (1 + TYPICAL_MARGIN) - age)
+        if first is None:  # never ran: capped exponential backoff
+            return now + self.poll_delay(polls)
+        if polls == 0:  # accepted now: the server started it moments ago
+            wait = max(s.poll_initial, first)
+        elif age < first:  # a look before the first-look time (a lookup, a retry)
+            wait = max(s.poll_initial, first - age)
         else:
-            wait = max(s.poll_initial, LATE_POLL_FRACTION * age)
+            wait = max(min(s.poll_initial, LATE_POLL_MIN), LATE_POLL_FRACTION * age)
         return now + timedelta(seconds=wait)
 
     # ------------------------------------------------------------------ the settle window

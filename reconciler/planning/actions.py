@@ -89,6 +89,9 @@ class Plan:
     #: the earliest future moment at which planning again could yield a different plan
     wake_at: datetime | None = None
     desired: Mapping[str, Desired] = field(default_factory=dict)
+    #: the starts (``submit``, ``retry``) the in-flight limits held back, in plan order:
+    #: each ``wait-capacity`` action's start, which the engine makes when a slot frees
+    queued: tuple[Action, ...] = ()
 
     @property
     def changes(self) -> tuple[Action, ...]:

@@ -44,6 +44,7 @@ __all__ = [
     "Plan",
     "View",
     "desired_intent",
+    "follow_action",
     "plan",
 ]
 
@@ -145,6 +146,7 @@ class _Draft:
     actions: list[Action] = field(default_factory=list)
     views: dict[str, View] = field(default_factory=dict)
     wakes: list[datetime] = field(default_factory=list)
+    queued: list[Action] = field(default_factory=list)
 
     def add(self, action: Action, view: View | None = None) -> None:
         self.actions.append(action)
@@ -162,7 +164,7 @@ class _Draft:
     def finish(self, desired: Mapping[str, Desired]) -> Plan:
         future = [w for w in self.wakes if w > self.now]
         return Plan(tuple(self.actions), tuple(self.views[k] for k in sorted(self.views)),
-                    min(future) if future else None, desired)
+                    min(future) if future else None, desired, tuple(self.queued))
 
 
 # ------------------------------------------------------------------ desired manifests
@@ -241,14 +243,15 @@ def _start(capacity: Capacity, draft: _Draft, kind: ActionKind, want: Desired,
            attempt: int, reason: str) -> None:
     """Submit or retry ``want`` as ``attempt`` if the in-flight limits allow it."""
     service = want.command.service.label
+    start = Action(kind, want.name, want.spec_hash, reason, attempt=attempt,
+                   operation_id=want.operation_id(attempt))
     if not capacity.try_take(service):
         draft.add(Action("wait-capacity", want.name, want.spec_hash, capacity.describe(service),
                          attempt=attempt),
                   View(want.name, IntentState.WAITING, "in-flight limit reached", want.spec_hash))
+        draft.queued.append(start)
         return
-    draft.add(Action(kind, want.name, want.spec_hash, reason, attempt=attempt,
-                     operation_id=want.operation_id(attempt)),
-              View(want.name, IntentState.SUBMITTING, reason, want.spec_hash))
+    draft.add(start, View(want.name, IntentState.SUBMITTING, reason, want.spec_hash))
 
 
 # ------------------------------------------------------------------ in flight, leftovers
@@ -260,32 +263,41 @@ def _follow(s: _Situation, draft: _Draft, rec: IntentRecord,
     asks for it now; None: it is only followed to its end (no view, no deadline, never
     re-sent)."""
     name, h = rec.name, rec.spec_hash
-    deadline = policy.deadline(rec, command)
-    timed_out = rec.status == IntentState.PENDING and policy.past_deadline(s.now, deadline)
-    if command is not None and timed_out:
-        draft.add(Action("timeout", name, h, f"not finished within "
-                         f"{format_duration(command.timeout)} of its first submission",
-                         attempt=rec.current_attempt, operation_id=rec.operation_id),
-                  View(name, IntentState.STALLED, "timed out", h, settled=True))
+    action = follow_action(rec, command, s.now)
+    if action.kind == "timeout":
+        draft.add(action, View(name, IntentState.STALLED, "timed out", h, settled=True))
         return
     state = IntentState.SUBMITTING if rec.status == IntentState.SUBMITTING else IntentState.PENDING
-    view = View(name, state, "", h) if command is not None else None
-    due = rec.next_poll_at is None or rec.next_poll_at <= s.now
+    draft.add(action, View(name, state, "", h) if command is not None else None)
+    if rec.status != IntentState.SUBMITTING:
+        draft.wake(policy.deadline(rec, command))
+
+
+def follow_action(rec: IntentRecord, command: ServiceCommand | None,
+                  now: datetime) -> Action:
+    """The step for an in-flight record at ``now``: ``timeout`` past its deadline (while a
+    manifest asks for it), ``resolve`` or ``poll`` when its look is due, else ``noop``
+    until then. ``command``: the manifest asking for it (None: only followed to its end).
+    The planner's rule, and the engine's when it follows an operation within a pass."""
+    name, h = rec.name, rec.spec_hash
+    timed_out = (rec.status == IntentState.PENDING
+                 and policy.past_deadline(now, policy.deadline(rec, command)))
+    if command is not None and timed_out:
+        return Action("timeout", name, h, f"not finished within "
+                      f"{format_duration(command.timeout)} of its first submission",
+                      attempt=rec.current_attempt, operation_id=rec.operation_id)
+    due = rec.next_poll_at is None or rec.next_poll_at <= now
     if rec.status == IntentState.SUBMITTING:
         if due:
-            draft.add(Action("resolve", name, h, "outcome of the run request unknown: look "
-                             "the operation up before any new request",
-                             attempt=rec.current_attempt, operation_id=rec.operation_id,
-                             may_submit=command is not None and not command.suspend), view)
-        else:
-            draft.add(Action("noop", name, h, "lookup scheduled", at=rec.next_poll_at), view)
-        return
+            return Action("resolve", name, h, "outcome of the run request unknown: look "
+                          "the operation up before any new request",
+                          attempt=rec.current_attempt, operation_id=rec.operation_id,
+                          may_submit=command is not None and not command.suspend)
+        return Action("noop", name, h, "lookup scheduled", at=rec.next_poll_at)
     if due:
-        draft.add(Action("poll", name, h, "operation in flight", attempt=rec.current_attempt,
-                         operation_id=rec.operation_id), view)
-    else:
-        draft.add(Action("noop", name, h, "next poll scheduled", at=rec.next_poll_at), view)
-    draft.wake(deadline)
+        return Action("poll", name, h, "operation in flight", attempt=rec.current_attempt,
+                      operation_id=rec.operation_id)
+    return Action("noop", name, h, "next poll scheduled", at=rec.next_poll_at)
 
 
 def _plan_held(s: _Situation, draft: _Draft, rec: IntentRecord) -> None:

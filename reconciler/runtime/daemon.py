@@ -78,6 +78,9 @@ FETCH_REASONS = frozenset({"webhook", "SIGHUP"})
 PROGRESS_EVERY = 300.0
 #: seconds between two ``store_unavailable`` lines with the same error
 STORE_ERROR_LOG_EVERY = 30.0
+#: seconds one pass may go on filling freed slots from its plan and following operations
+#: whose next look is near (at most the interval): how stale a plan's queue may get
+PASS_BUDGET = 5.0
 
 
 class Daemon:
@@ -110,6 +113,7 @@ class Daemon:
         self.store: StateStore | None = None
         self.metrics: Metrics | None = None
         self.client: AiLakeClient | None = None
+        self.engine: Engine | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._reasons: list[str] = []
@@ -146,6 +150,8 @@ class Daemon:
             self.source.poke()
         self._reasons.append(reason)
         self._wake.set()
+        if self.engine is not None:
+            self.engine.close_pass()  # the pass ends with its running steps; then a load
 
     @property
     def stopped(self) -> bool:
@@ -158,6 +164,8 @@ class Daemon:
             log.info("stopping", grace_period=self.settings.grace_period)
         self._stopping = True
         self._wake.set()
+        if self.engine is not None:
+            self.engine.close_pass()
 
     # ------------------------------------------------------------------ surface
 
@@ -195,6 +203,7 @@ class Daemon:
                             listeners=[log_transition, self.metrics.on_transition,
                                        self.pacer.count, *self.extra_listeners],
                             fence=self._fence)
+            self.engine = engine
             if self.elector is None:
                 engine.start(self._holder())
             await self._run_engine(engine)
@@ -317,7 +326,9 @@ class Daemon:
         assert self.metrics is not None and self.store is not None
         started = time.monotonic()
         transitions, generation = self.pacer.transitions, self.store.generation()
-        task = asyncio.ensure_future(engine.reconcile(load, submit=not self._stopping))
+        budget = min(PASS_BUDGET, self.settings.interval)
+        task = asyncio.ensure_future(engine.reconcile(load, submit=not self._stopping,
+                                                      budget=budget))
         try:
             if self._stopping:
                 await asyncio.wait_for(task, self.settings.grace_period)
