@@ -60,6 +60,63 @@ def test_past_the_typical_end_looks_come_every_few_percent_of_the_age():
     assert t.next_poll(pending(), 1) == clocks.wall + timedelta(seconds=8)
 
 
+def test_the_first_look_waits_for_the_upper_quartile_of_the_history():
+    durations = Durations([("svc", "reindex", s) for s in (100.0, 110.0, 120.0, 200.0)])
+    assert durations.first_look("svc", "reindex") == 120.0 * 1.02
+
+
+def test_a_command_new_to_a_service_borrows_its_durations_on_the_others():
+    durations = Durations([("other", "reindex", 150.0)])
+    assert durations.typical("svc", "reindex") == 150.0
+    assert durations.first_look("svc", "reindex") == 150.0 * 1.02
+    assert durations.first_look("svc", "compact") is None
+
+
+def test_a_success_found_at_the_first_look_moves_the_first_look_a_little_earlier():
+    durations = Durations()
+    durations.learn("svc", "reindex", 100.0, not_before=None)
+    assert durations.first_look("svc", "reindex") == 100.0
+    durations.learn("svc", "reindex", 100.0, not_before=None)
+    assert 99.0 < durations.first_look("svc", "reindex") < 100.0  # type: ignore[operator]
+
+
+def test_a_success_found_late_never_pushes_the_first_look_up():
+    durations = Durations()
+    durations.learn("svc", "reindex", 100.0, not_before=None)
+    for _ in range(50):  # every first look found it done, however late the answer came
+        durations.learn("svc", "reindex", 130.0, not_before=None)
+    assert durations.first_look("svc", "reindex") < 100.0  # type: ignore[operator]
+
+
+def test_one_still_running_at_the_first_look_moves_it_to_where_it_ended():
+    durations = Durations()
+    durations.learn("svc", "reindex", 100.0, not_before=None)
+    durations.learn("svc", "reindex", 140.0, not_before=100.0)  # ended between: about 120
+    assert durations.first_look("svc", "reindex") == 120.0
+
+
+def test_the_first_look_settles_where_few_first_looks_are_early():
+    rng = random.Random(7)
+    durations = Durations()
+    early = 0
+    for i in range(3000):
+        true = rng.uniform(95.0, 105.0)
+        look = durations.first_look("svc", "reindex") or 0.0
+        if i >= 1000 and look < true:
+            early += 1
+        durations.learn("svc", "reindex", max(look, true) if look >= true else true + 1.0,
+                        not_before=None if look >= true else look)
+    assert early / 2000 < 0.12
+    assert 100.0 < durations.first_look("svc", "reindex") < 106.0  # type: ignore[operator]
+
+
+def test_the_first_look_is_measured_from_the_acceptance():
+    clocks = Clocks()
+    t = timers(clocks, Durations([("svc", "reindex", 150.0)]))
+    rec = replace(pending(), attempt_started_at=T0 - timedelta(seconds=5))
+    assert t.next_poll(rec, 0) == T0 + timedelta(seconds=150 * 1.02)
+
+
 def test_without_history_polls_back_off_exponentially_to_the_cap():
     clocks = Clocks()
     t = timers(clocks, poll_initial=1.0, poll_max=30.0)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from reconciler.ailake.client import AiLakeClient
+from reconciler.collector import collections_paused
 from reconciler.errors import ApiError
 from reconciler.execution.passes import Pass
 from reconciler.execution.protocol import Fence, Protocol
@@ -34,7 +35,7 @@ from reconciler.model.lifecycle import Transition as Transition
 from reconciler.model.manifest import LoadResult
 from reconciler.model.records import Epoch, IntentRecord
 from reconciler.model.states import SETTLED_BAD, IntentState, OperationStatus
-from reconciler.planning.planner import Action, Desired, Limits, Plan, plan
+from reconciler.planning.planner import Action, Desired, Limits, Plan, PlanMemo, plan
 from reconciler.store.protocol import Store
 
 __all__ = ["Engine", "EngineSettings", "Transition", "retry", "utcnow"]
@@ -120,6 +121,8 @@ class Engine:
         self.failed_actions = 0
         #: the pass running (None: between passes)
         self._pass: Pass | None = None
+        #: what one plan of a load hands the next (same plans, less work)
+        self._memo = PlanMemo()
 
     @property
     def client(self) -> AiLakeClient:
@@ -184,13 +187,14 @@ class Engine:
 
     def plan(self, load: LoadResult, now: datetime | None = None) -> Plan:
         """What a reconcile would do now; reads the store only."""
-        return plan(load.commands, self.store.intents(), now or self.clock(),
-                    limits=self.settings.limits, windows=self.store.latest_windows(),
-                    held=load.held)
+        return self._plan(load, self.store.intents(), now)
 
-    def _plan(self, load: LoadResult, recorded: Mapping[str, IntentRecord]) -> Plan:
-        return plan(load.commands, recorded, self.clock(), limits=self.settings.limits,
-                    windows=self.store.latest_windows(), held=load.held)
+    def _plan(self, load: LoadResult, recorded: Mapping[str, IntentRecord],
+              now: datetime | None = None) -> Plan:
+        with collections_paused():
+            return plan(load.commands, recorded, now or self.clock(),
+                        limits=self.settings.limits, windows=self.store.latest_windows(),
+                        held=load.held, memo=self._memo)
 
     async def reconcile(self, load: LoadResult, *, submit: bool = True,
                         budget: float | None = None) -> Plan:

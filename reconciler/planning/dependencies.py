@@ -3,7 +3,7 @@ wait on something only a human can start."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from reconciler.model.lifecycle import IntentState
@@ -22,10 +22,13 @@ def current_record(wants: Mapping[str, Desired], recorded: Mapping[str, IntentRe
 
 
 def dependencies_first(wants: Mapping[str, Desired]) -> list[str]:
-    """Names ordered so every loaded dependency comes before its dependents (Kahn's
-    algorithm; members of a cycle, which validation already refuses, are left out)."""
-    waiting = {n: {d for d in w.command.depends_on if d in wants} for n, w in wants.items()}
-    dependents: dict[str, list[str]] = {n: [] for n in wants}
+    """The names of the manifests with dependencies, ordered so every loaded dependency
+    comes before its dependents (Kahn's algorithm; members of a cycle, which validation
+    already refuses, are left out). Depends only on the manifests, not on the records."""
+    involved = {n for n, w in wants.items() if w.command.depends_on}
+    involved |= {d for n in involved for d in wants[n].command.depends_on if d in wants}
+    waiting = {n: {d for d in wants[n].command.depends_on if d in wants} for n in involved}
+    dependents: dict[str, list[str]] = {n: [] for n in involved}
     for name, deps in waiting.items():
         for dep in deps:
             dependents[dep].append(name)
@@ -66,15 +69,16 @@ class DependencyFacts:
         return name in self.parked
 
 
-def dependency_facts(wants: Mapping[str, Desired],
-                     recorded: Mapping[str, IntentRecord]) -> DependencyFacts:
+def dependency_facts(wants: Mapping[str, Desired], recorded: Mapping[str, IntentRecord],
+                     *, order: Sequence[str] | None = None) -> DependencyFacts:
     """The facts of every desired manifest, computed dependencies-first (no recursion:
     chains may be long). A dependency in sync neither blocks nor parks; a stalled one
     blocks, and so does a blocked one, transitively; one that is not loaded, parked, or
-    suspended and not yet recorded (or failed) parks its dependents."""
+    suspended and not yet recorded (or failed) parks its dependents. ``order``:
+    :func:`dependencies_first` of ``wants``, when known already."""
     blocked_by: dict[str, tuple[str, str]] = {}
     parked: set[str] = set()
-    for name in dependencies_first(wants):
+    for name in order if order is not None else dependencies_first(wants):
         for dep in wants[name].command.depends_on:
             rec = current_record(wants, recorded, dep)
             if rec is not None and rec.status == IntentState.IN_SYNC:

@@ -32,7 +32,13 @@ from reconciler.model.records import IntentRecord
 from reconciler.planning import policy
 from reconciler.planning.actions import CHANGE_KINDS, Action, ActionKind, Plan, View
 from reconciler.planning.capacity import Capacity, Limits
-from reconciler.planning.dependencies import DependencyFacts, current_record, dependency_facts
+from reconciler.planning.dependencies import (
+    DependencyFacts,
+    current_record,
+    dependencies_first,
+    dependency_facts,
+)
+from reconciler.planning.memo import PlanMemo
 from reconciler.planning.windows import Desired, _iso, desired_intent
 
 __all__ = [
@@ -42,6 +48,7 @@ __all__ = [
     "Desired",
     "Limits",
     "Plan",
+    "PlanMemo",
     "View",
     "desired_intent",
     "follow_action",
@@ -57,6 +64,7 @@ def plan(
     limits: Limits | None = None,
     windows: Mapping[str, str] | None = None,
     held: Mapping[str, Hold] = MappingProxyType({}),
+    memo: PlanMemo | None = None,
 ) -> Plan:
     """Decide what to do for every manifest and every recorded intent. Pure.
 
@@ -64,14 +72,22 @@ def plan(
     clock set back never asks for an older window again. ``held``: manifests that are not
     valid now but keep their state (:attr:`reconciler.model.manifest.LoadResult.held`):
     their records are never orphaned and nothing new is sent for them; what is in flight
-    is still followed to its end."""
+    is still followed to its end. ``memo``: what the last plan of the same load kept
+    (:class:`~reconciler.planning.memo.PlanMemo`); the plan is the same without it."""
     latest = windows or {}
-    wants = {c.name: desired_intent(c, now, latest.get(c.name)) for c in desired}
-    situation = _Situation.of(wants, recorded, now)
+    memo = memo if memo is not None else PlanMemo()
+    memo.begin(desired)
+    wants = {c.name: memo.desired(c, now, latest.get(c.name)) for c in desired}
+    situation = _Situation.of(wants, recorded, now, memo)
     capacity = Capacity.taken_by(recorded.values(), limits or Limits())
     draft = _Draft(now)
     for name in sorted(wants):  # name order: stable plans
-        _plan_manifest(situation, capacity, draft, wants[name])
+        want = wants[name]
+        kept = memo.reuse(want, recorded.get(want.spec_hash))
+        if kept is not None:
+            draft.add(*kept)
+        else:
+            _plan_manifest(situation, capacity, draft, want, memo)
     latest_held: dict[str, IntentRecord] = {}
     busy_held: set[str] = set()
     for rec in recorded.values():
@@ -113,11 +129,13 @@ class _Situation:
 
     @classmethod
     def of(cls, wants: Mapping[str, Desired], recorded: Mapping[str, IntentRecord],
-           now: datetime) -> _Situation:
+           now: datetime, memo: PlanMemo) -> _Situation:
         asked_for = frozenset(d.spec_hash for d in wants.values())
         busy = {r.name: r for r in recorded.values()
                 if r.in_flight and r.spec_hash not in asked_for}
-        return cls(wants, recorded, now, asked_for, dependency_facts(wants, recorded), busy)
+        order = memo.dependency_order(lambda: dependencies_first(wants))
+        return cls(wants, recorded, now, asked_for,
+                   dependency_facts(wants, recorded, order=order), busy)
 
     def waiting_on(self, want: Desired) -> str | None:
         """What ``want`` waits for before it may start: a dependency not in sync, or a
@@ -170,20 +188,26 @@ class _Draft:
 # ------------------------------------------------------------------ desired manifests
 
 
-def _plan_manifest(s: _Situation, capacity: Capacity, draft: _Draft, want: Desired) -> None:
-    """The action for the intent ``want``, by its recorded state."""
+def _plan_manifest(s: _Situation, capacity: Capacity, draft: _Draft, want: Desired,
+                   memo: PlanMemo) -> None:
+    """The action for the intent ``want``, by its recorded state (a settled one is kept
+    in ``memo`` for the next plan)."""
     name, h = want.name, want.spec_hash
     rec = s.recorded.get(h)
     draft.wake(want.next_window)
     if rec is not None and rec.in_flight:
         _follow(s, draft, rec, want.command)
     elif rec is not None and rec.status == IntentState.IN_SYNC:
-        draft.add(Action("noop", name, h, "in sync"),
-                  View(name, IntentState.IN_SYNC, "", h, settled=True))
+        action, view = (Action("noop", name, h, "in sync"),
+                        View(name, IntentState.IN_SYNC, "", h, settled=True))
+        memo.keep(want, rec, action, view)
+        draft.add(action, view)
     elif rec is not None and rec.status in (IntentState.STALLED, IntentState.LOST):
         error = str((rec.last_error or {}).get("title") or "retries exhausted")
-        draft.add(Action("noop", name, h, f"{rec.status}: {error}"),
-                  View(name, rec.status, error, h, settled=True))
+        action, view = (Action("noop", name, h, f"{rec.status}: {error}"),
+                        View(name, rec.status, error, h, settled=True))
+        memo.keep(want, rec, action, view)
+        draft.add(action, view)
     elif want.command.suspend:
         draft.add(Action("noop", name, h, IntentState.SUSPENDED.value),
                   View(name, IntentState.SUSPENDED, "suspend: true", h, settled=True))
@@ -243,15 +267,16 @@ def _start(capacity: Capacity, draft: _Draft, kind: ActionKind, want: Desired,
            attempt: int, reason: str) -> None:
     """Submit or retry ``want`` as ``attempt`` if the in-flight limits allow it."""
     service = want.command.service.label
-    start = Action(kind, want.name, want.spec_hash, reason, attempt=attempt,
-                   operation_id=want.operation_id(attempt))
     if not capacity.try_take(service):
         draft.add(Action("wait-capacity", want.name, want.spec_hash, capacity.describe(service),
                          attempt=attempt),
                   View(want.name, IntentState.WAITING, "in-flight limit reached", want.spec_hash))
-        draft.queued.append(start)
+        # the start, made when a slot frees (its operation id is the engine's to compute)
+        draft.queued.append(Action(kind, want.name, want.spec_hash, reason, attempt=attempt))
         return
-    draft.add(start, View(want.name, IntentState.SUBMITTING, reason, want.spec_hash))
+    draft.add(Action(kind, want.name, want.spec_hash, reason, attempt=attempt,
+                     operation_id=want.operation_id(attempt)),
+              View(want.name, IntentState.SUBMITTING, reason, want.spec_hash))
 
 
 # ------------------------------------------------------------------ in flight, leftovers

@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from reconciler.collector import collections_paused
 from reconciler.errors import Problem
 from reconciler.model.manifest import LoadResult, ServiceCommand
 from reconciler.source.composer import UNNAMED, Located, compose, show
@@ -299,46 +300,51 @@ def load_manifests(
 
 def _load(memo: _SourceMemo, roots: Sequence[Path], *, revision: str | None, max_files: int,
           shown_as: str | None) -> LoadResult:
+    # building thousands of values: no collections meanwhile (nothing cyclic)
+    with collections_paused():
+        result, built = _load_files(memo, roots, revision=revision, max_files=max_files,
+                                    shown_as=shown_as)
+    if built >= _FREEZE_AFTER:
+        gc.freeze()  # the manifests live long: later collections skip them
+    return result
+
+
+def _load_files(memo: _SourceMemo, roots: Sequence[Path], *, revision: str | None,
+                max_files: int, shown_as: str | None) -> tuple[LoadResult, int]:
+    """The load, and how many documents (and problems) it built anew."""
     extra: list[Problem] = []
     files: list[_FileMemo] = []
     names: list[str] = []
     remembered: dict[str, _FileMemo] = {}
     built = 0
-    enabled = gc.isenabled()
-    gc.disable()  # building thousands of values: no collections meanwhile (nothing cyclic)
-    try:
-        for root in roots:
-            listing = list_files(root, max_files=max_files, display_root=shown_as)
-            extra.extend(listing.problems)
-            for entry in listing.entries:
-                known = memo.files.get(entry.display)
-                got = _file(entry, known)
-                if isinstance(got, Problem):
-                    extra.append(got)
-                    continue
-                if got is not known and (known is None or got.parsed is not known.parsed):
-                    built += len(got.parsed.docs) + len(got.parsed.problems)
-                remembered[entry.display] = got
-                files.append(got)
-                names.append(entry.display)
-        memo.files = remembered
-        if revision is None and roots:
-            revision = git_revision(roots[0])
-        content = tuple(zip(names, (f.digest for f in files), strict=True))
-        signature = (content, tuple(extra))
-        own = revision or _content_revision(content)
-        previous = memo.result
-        if previous is not None and memo.signature == signature:
-            return previous if own == previous.revision else replace(previous, revision=own)
-        result = _result(_assemble([f.parsed for f in files]), extra, revision=own,
-                         files=len(files) + len(extra))
-        memo.signature, memo.result = signature, result
-        return result
-    finally:
-        if enabled:
-            gc.enable()
-            if built >= _FREEZE_AFTER:
-                gc.freeze()  # the manifests live long: later collections skip them
+    for root in roots:
+        listing = list_files(root, max_files=max_files, display_root=shown_as)
+        extra.extend(listing.problems)
+        for entry in listing.entries:
+            known = memo.files.get(entry.display)
+            got = _file(entry, known)
+            if isinstance(got, Problem):
+                extra.append(got)
+                continue
+            if got is not known and (known is None or got.parsed is not known.parsed):
+                built += len(got.parsed.docs) + len(got.parsed.problems)
+            remembered[entry.display] = got
+            files.append(got)
+            names.append(entry.display)
+    memo.files = remembered
+    if revision is None and roots:
+        revision = git_revision(roots[0])
+    content = tuple(zip(names, (f.digest for f in files), strict=True))
+    signature = (content, tuple(extra))
+    own = revision or _content_revision(content)
+    previous = memo.result
+    if previous is not None and memo.signature == signature:
+        return (previous if own == previous.revision
+                else replace(previous, revision=own)), built
+    result = _result(_assemble([f.parsed for f in files]), extra, revision=own,
+                     files=len(files) + len(extra))
+    memo.signature, memo.result = signature, result
+    return result, built
 
 
 def _file(entry: FileEntry, known: _FileMemo | None) -> _FileMemo | Problem:

@@ -62,6 +62,36 @@ def _upsert(db: sqlite3.Connection, table: str, key: Sequence[str],
                f"ON CONFLICT({', '.join(key)}) DO UPDATE SET {updates}", row)
 
 
+#: the memo keys of the two intent reads (all, and those not retired)
+_ALL = "intents"
+_LIVE = "live intents"
+
+
+def _carried(key: str, value: Any, rec: IntentRecord) -> Any:
+    """A kept read with ``rec`` (just saved) in it, as reading it again would give it
+    (a new intent last, in either order); None: this read must be made again."""
+    if key == _ALL or (key == _LIVE and rec.retired is None):
+        value[rec.spec_hash] = rec
+    elif key == _LIVE:
+        value.pop(rec.spec_hash, None)
+    elif key == "names":
+        value = value | {rec.name}
+    elif key == "windows":
+        if rec.window and rec.window > value.get(rec.name, ""):
+            value[rec.name] = rec.window
+    elif key == "latest":
+        shown = value.get(rec.name)
+        newer = shown is None or (rec.updated_at, rec.created_at) >= (
+            shown.updated_at, shown.created_at)
+        if not newer and shown.spec_hash == rec.spec_hash:
+            return None  # the latest moved back in time: another record may be latest now
+        if newer:
+            value[rec.name] = rec
+    else:
+        return None
+    return value
+
+
 def _update_operation(db: sqlite3.Connection, change: OperationChange) -> None:
     values: dict[str, Any] = {"status": str(change.status)}
     if change.operation_id is not None:
@@ -209,15 +239,15 @@ class Store:
 
     def intents(self, *, include_retired: bool = False) -> dict[str, IntentRecord]:
         """Recorded intents by spec hash (by default only those not retired)."""
-        query = "SELECT * FROM intents"
-        if not include_retired:
-            query += " WHERE retired IS NULL"
+        key = _ALL if include_retired else _LIVE
+        query = ("SELECT * FROM intents ORDER BY name, created_at" if include_retired else
+                 "SELECT * FROM intents WHERE retired IS NULL ORDER BY name, created_at")
 
         def read(db: sqlite3.Connection) -> dict[str, IntentRecord]:
-            rows = db.execute(query + " ORDER BY name, created_at").fetchall()
+            rows = db.execute(query).fetchall()
             return {row["spec_hash"]: self._intent(row) for row in rows}
 
-        return dict(self._memoized(query, "the intents", read))
+        return dict(self._memoized(key, "the intents", read))
 
     def intent(self, spec_hash: str) -> IntentRecord | None:
         with self._reading("an intent") as db:
@@ -288,6 +318,14 @@ class Store:
         its removal) and its attempt's operation row. Nothing is decided here, but it is
         a compare-and-set: False (nothing written) when the stored record is no longer
         the version the step was computed from (another process moved it first)."""
+        with self._lock:
+            before = self.generation()
+            if not self._save(step):
+                return False
+            self._carry_reads(before, step)
+            return True
+
+    def _save(self, step: Step) -> bool:
         with self._tx() as db:
             row = db.execute("SELECT version FROM intents WHERE spec_hash = ?",
                              (step.spec_hash,)).fetchone()
@@ -306,6 +344,22 @@ class Store:
             if step.operation_change is not None:
                 _update_operation(db, step.operation_change)
         return True
+
+    def _carry_reads(self, before: tuple[int, int], step: Step) -> None:
+        """After a save of this connection alone (no other commit in between), bring the
+        reads kept from just before it up to date with the saved record instead of
+        reading them again; what cannot be carried (a removal) is read again."""
+        after = self.generation()
+        rec = step.record
+        for key, (generation, value) in list(self._memo.items()):
+            if generation != before:
+                continue  # out of date already
+            carried = (None if rec is None or after[1] != before[1]
+                       else _carried(key, value, rec))
+            if carried is None:
+                del self._memo[key]
+            else:
+                self._memo[key] = (after, carried)
 
     # ------------------------------------------------------------------ epochs
 

@@ -1,0 +1,60 @@
+"""A plan made with what the last plan of the same load kept (:class:`PlanMemo`) is the
+plan made without it, whatever changed in between; only the work is saved."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from plan_support import T0, command, failed, in_sync, minutes, pending, recorded, stalled
+
+from reconciler.model.manifest import Interval
+from reconciler.model.states import IntentState
+from reconciler.planning.planner import Limits, PlanMemo, plan
+
+LIMITS = Limits(max_in_flight=2, max_per_service=2)
+
+
+def commands() -> tuple:  # type: ignore[type-arg]
+    return (command("a"), command("b", depends_on=["a"]), command("c"),
+            command("d", policy=Interval(every=minutes(60))), command("e"),
+            command("f", depends_on=["e"]), command("g"))
+
+
+def test_a_plan_with_the_memo_is_the_plan_without_it_as_records_change() -> None:
+    cmds = commands()
+    a, b, c, d, e, f, g = cmds
+    memo = PlanMemo()
+    stages = [
+        recorded(),
+        recorded(in_sync(a, at=T0), pending(c, at=T0, poll_at=T0 + minutes(1))),
+        recorded(in_sync(a, at=T0), in_sync(c, at=T0), stalled(e, at=T0)),
+        recorded(in_sync(a, at=T0), failed(c, at=T0, retry_at=T0 + minutes(1)),
+                 stalled(e, at=T0), in_sync(g, at=T0)),
+        recorded(in_sync(a, at=T0), in_sync(c, at=T0), in_sync(e, at=T0), in_sync(g, at=T0)),
+    ]
+    for step, records in enumerate(stages):
+        for now in (T0, T0 + minutes(90)):
+            expected = plan(cmds, records, now, limits=LIMITS)
+            assert plan(cmds, records, now, limits=LIMITS, memo=memo) == expected, (step, now)
+
+
+def test_a_kept_action_is_not_reused_for_another_record_of_the_same_intent() -> None:
+    cmds = commands()
+    a = cmds[0]
+    memo = PlanMemo()
+    synced = in_sync(a, at=T0)
+    plan(cmds, recorded(synced), T0, memo=memo)
+    stalled_now = replace(synced, status=IntentState.STALLED,
+                          last_error={"title": "Gone"})
+    result = plan(cmds, recorded(stalled_now), T0, memo=memo)
+    assert next(v for v in result.views if v.name == "a").state == IntentState.STALLED
+
+
+def test_another_load_forgets_what_the_memo_kept() -> None:
+    memo = PlanMemo()
+    first = (command("a"),)
+    plan(first, recorded(in_sync(first[0], at=T0)), T0, memo=memo)
+    changed = (command("a", payload={"v": 2}),)
+    result = plan(changed, recorded(in_sync(first[0], at=T0)), T0, memo=memo)
+    assert result == plan(changed, recorded(in_sync(first[0], at=T0)), T0)
+    assert [a.kind for a in result.actions if a.name == "a"][0] == "submit"
