@@ -2,8 +2,8 @@
 
 For each size (default 1 000, 10 000, 50 000), in a fresh process of its own:
 
-1. the manifests are written (``benchlib.manifest_docs``: 10 per file) and, in another
-   process, recorded as in sync in a SQLite store whose epoch is adopted (a steady state);
+1. a child process writes the manifests (``benchlib.manifest_docs``: 10 per file) and
+   records them as in sync in a SQLite store whose epoch is adopted (a steady state);
 2. the **floor**: reading every file and ``yaml.load_all(..., Loader=yaml.CSafeLoader)``;
    the **cold load** (``load_manifests`` with its cache cleared), both in CPU seconds,
    interleaved, the best of each; and the **warm load** (the same tree again: the previous
@@ -12,9 +12,11 @@ For each size (default 1 000, 10 000, 50 000), in a fresh process of its own:
    as its loop runs them on every interval), against an emulator process: CPU seconds
    (``time.process_time``) and API calls counted by the emulator (``GET /_emulator/requests``);
 4. one ``/metrics`` scrape (``Daemon.exposition``), CPU seconds;
-5. ``plan()`` alone (the commands and records in memory) and ``Engine.plan`` (with its
-   store reads);
-6. the peak RSS of the process (``ru_maxrss``).
+5. ``plan()`` alone (the commands and records in memory, nothing kept from an earlier
+   plan) and ``Engine.plan``, what a pass runs (its store's kept reads and the plan memo
+   of the same load);
+6. the daemon's peak RSS (``ru_maxrss`` once its loads, passes and scrapes ran, before the
+   ``plan()`` measurements, which hold several plans at once).
 
     python bench/bench_scale.py [--sizes 1000,10000,50000]
 """
@@ -51,12 +53,15 @@ from benchlib import (
 
 
 def seed(folder: Path, state: Path, size: int) -> None:
-    """Child: the store of ``size`` manifests in sync."""
+    """Child: the manifest files of ``size`` manifests, and their store in sync (made here,
+    so the generator's own memory is not the daemon's peak)."""
     from reconciler.store.sqlite import Store
 
+    docs = manifest_docs(size)
+    write_manifests(folder.parent, docs)
     with Store(state) as store:
         backdated_epoch(store)
-        seed_in_sync(store, commands(manifest_docs(size)), now=utcnow())
+        seed_in_sync(store, commands(docs), now=utcnow())
 
 
 def floor(files: list[Path]) -> float:
@@ -87,7 +92,7 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
     out: dict[str, Any] = {"size": size, "rss_start": peak_rss_mib()}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        folder = write_manifests(root, manifest_docs(size))
+        folder = root / "manifests"
         state = root / "state.db"
         started = time.perf_counter()
         subprocess.run([sys.executable, __file__, "--seed", str(size), "--folder", str(folder),
@@ -141,6 +146,9 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
                     scrapes.append(time.process_time() - started)
                 out["scrape_cpu_s"] = min(scrapes)
                 out["scrape_bytes"] = len(body)
+                # the daemon's own peak: loads, passes and scrapes (not the measurements
+                # of plan() below, which keep several plans alive at once)
+                out["rss_daemon"] = peak_rss_mib()
                 assert daemon.load is not None
                 load = daemon.load
                 out["engine_plan_s"], _ = best_of(lambda: engine.plan(load), min_runs=3,
@@ -154,7 +162,6 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
                 views = engine.plan(load).views
                 out["in_sync"] = sum(1 for v in views if v.state == "in_sync")
             daemon.store.close()
-        out["rss_daemon"] = peak_rss_mib()  # the daemon's own peak: before the loads below
         gc.collect()
         files = sorted(folder.glob("*.yaml"))
         age = time.time() - files[-1].stat().st_mtime

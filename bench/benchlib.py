@@ -7,7 +7,6 @@ as ``python bench/bench_*.py``, which puts this folder on ``sys.path``).
 from __future__ import annotations
 
 import hashlib
-
 import random
 import time
 from collections.abc import Callable, Sequence

@@ -28,9 +28,8 @@ from pathlib import Path
 
 from reconciler.errors import StoreError
 from reconciler.model import scrub
-from reconciler.store import PostgresStore, Store, is_postgres_url, open_store, sqlite_path
+from reconciler.store import StateStore, Store, is_postgres_url, open_store, sqlite_path
 from reconciler.store.copy import copy_store
-from reconciler.store.postgres import PostgresDsn
 
 __all__ = ["cmd_check", "cmd_copy", "cmd_recover", "in_use", "register", "shown"]
 
@@ -40,6 +39,8 @@ EXIT_OK, EXIT_FAILED = 0, 1
 def shown(location: str) -> str:
     """``location`` as it may be shown: a PostgreSQL URL without its password, scrubbed."""
     if is_postgres_url(location):
+        from reconciler.store.pg_dsn import PostgresDsn  # psycopg: only for PostgreSQL
+
         try:
             return PostgresDsn.parse(location).display
         except StoreError:
@@ -214,5 +215,5 @@ def cmd_copy(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _kind(store: object) -> str:
-    return "PostgreSQL" if isinstance(store, PostgresStore) else "SQLite"
+def _kind(store: StateStore) -> str:
+    return "PostgreSQL" if store.shared else "SQLite"

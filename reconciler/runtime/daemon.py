@@ -31,7 +31,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -43,7 +43,6 @@ from reconciler.model import scrub as scrubber
 from reconciler.model.manifest import LoadResult
 from reconciler.observe.metrics import Metrics
 from reconciler.planning.planner import Plan
-from reconciler.runtime.advisory import AdvisoryLeader, AdvisorySettings
 from reconciler.runtime.events import log_progress, log_transition
 from reconciler.runtime.leader import LeaderElector, LeaseSettings
 from reconciler.runtime.listener import Listening, create_app, serve
@@ -57,8 +56,11 @@ from reconciler.runtime.startup import database_secrets, open_checked_store, sta
 from reconciler.runtime.web_surface import listener_surface
 from reconciler.source.continuity import Continuity, SourceMemory
 from reconciler.source.kinds import Source, open_source
-from reconciler.store import PostgresStore, StateStore
+from reconciler.store import StateStore
 from reconciler.store.sqlite import CorruptStoreError
+
+if TYPE_CHECKING:
+    from reconciler.runtime.advisory import AdvisoryLeader
 
 __all__ = ["Daemon", "DaemonSettings", "database_secrets", "log_transition", "read_secret"]
 
@@ -428,12 +430,15 @@ class Daemon:
     @property
     def _shared(self) -> bool:
         """Whether the store is shared by the replicas (PostgreSQL)."""
-        return isinstance(self.store, PostgresStore)
+        return self.store is not None and self.store.shared
 
     def _elector(self) -> LeaderElector | AdvisoryLeader | None:
         """Leadership: an advisory lock when the store is shared (PostgreSQL), else the
         Kubernetes Lease when ``RECONCILER_LEASE_NAME`` is set, else none (one replica)."""
         if self._shared:
+            # psycopg, imported only for a PostgreSQL store
+            from reconciler.runtime.advisory import AdvisoryLeader, AdvisorySettings
+
             identity = os.environ.get("POD_NAME") or socket.gethostname()
             return AdvisoryLeader(AdvisorySettings(url=self.settings.state, identity=identity),
                                   on_change=self._leadership)

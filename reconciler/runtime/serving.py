@@ -9,7 +9,7 @@ intents, and ``/metrics`` serve everything but the per-manifest families.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import prometheus_client
 
@@ -18,10 +18,10 @@ from reconciler.observe.status import source_item, status_rows
 from reconciler.observe.status import status_document as document_of
 from reconciler.runtime.readiness import READY_TIMEOUT
 from reconciler.source.git import scrub
-from reconciler.store import PostgresStore
 
 if TYPE_CHECKING:
     from reconciler.runtime.daemon import Daemon
+    from reconciler.store.postgres import PostgresStore
 
 __all__ = ["exposition", "ready", "served_status", "status_document"]
 
@@ -36,8 +36,8 @@ async def ready(daemon: Daemon) -> tuple[bool, str]:
         why = f": {scrub(error, daemon.settings.secrets)}" if error else ""
         return False, f"manifests not loaded yet (source {daemon.source.describe()}){why}"
     assert daemon.client is not None
-    if isinstance(daemon.store, PostgresStore):
-        store_ok, why = await _store_ready(daemon.store)
+    if daemon.store is not None and daemon.store.shared:
+        store_ok, why = await _store_ready(cast("PostgresStore", daemon.store))
         if not store_ok:
             return False, why
     return await daemon.api_probe.check(daemon.client)

@@ -16,7 +16,7 @@ from reconciler.runtime.settings import DaemonSettings
 from reconciler.source.git import scrub
 from reconciler.source.kinds import Source
 from reconciler.store import StateStore, Store, open_store
-from reconciler.store.postgres import PostgresDsn, is_postgres_url
+from reconciler.store.locations import is_postgres_url
 
 __all__ = ["database_secrets", "open_checked_store", "startup_fields"]
 
@@ -28,6 +28,8 @@ def database_secrets(state: str) -> tuple[str, ...]:
     now (for the scrubber); empty for SQLite or when there is none."""
     if not is_postgres_url(state):
         return ()
+    from reconciler.store.pg_dsn import PostgresDsn  # psycopg: only for PostgreSQL
+
     try:
         dsn = PostgresDsn.parse(state)
         found = [dsn.url_password]

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import StoreError
-from reconciler.store.postgres import PASSWORD_FILE_ENV, PostgresStore, is_postgres_url
+from reconciler.store.locations import PASSWORD_FILE_ENV, is_postgres_url, sqlite_path
 from reconciler.store.protocol import Store as StateStore
 from reconciler.store.sqlite import SCHEMA_VERSION, Store
 from reconciler.store.sqlite_schema import recovery_hint
@@ -31,30 +31,20 @@ __all__ = [
     "sqlite_path",
 ]
 
+if TYPE_CHECKING:
+    from reconciler.store.postgres import PostgresStore
+
 #: the SQLite backend by its own name (``Store`` is the same class)
 SqliteStore = Store
 
 
-def sqlite_path(location: str) -> str | None:
-    """The file a ``--state`` value names for SQLite (``sqlite:///abs/path``,
-    ``sqlite://rel/path``, ``sqlite:///:memory:``, or a plain path), or None when it
-    names PostgreSQL."""
-    if is_postgres_url(location):
-        return None
-    if location.lower().startswith("sqlite:"):
-        parts = urlsplit(location)
-        path = unquote(parts.netloc + parts.path)
-        if path in ("/:memory:", ":memory:"):
-            return ":memory:"
-        if not path:
-            raise StoreError(f"state store {location}: no file in the sqlite: URL "
-                             "(sqlite:///absolute/path or sqlite://relative/path)")
-        return path
-    scheme, sep, _ = location.partition("://")
-    if sep and scheme.isidentifier():
-        raise StoreError(f"state store {scheme}://…: unknown kind of store (a path, "
-                         "sqlite:///path or postgresql://user@host:port/database)")
-    return location
+def __getattr__(name: str) -> Any:
+    """``PostgresStore``, imported (with ``psycopg``) only when asked for."""
+    if name == "PostgresStore":
+        from reconciler.store.postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def open_store(location: str | os.PathLike[str], *, retention: int = 50,
@@ -73,6 +63,8 @@ def open_store(location: str | os.PathLike[str], *, retention: int = 50,
     text = os.fspath(location)
     path = sqlite_path(text)
     if path is None:
+        from reconciler.store.postgres import PostgresStore
+
         return PostgresStore(text, retention=retention, readonly=readonly)
     if readonly and path != ":memory:" and not Path(path).exists():
         raise StoreError(f"no state store at {path}")

@@ -20,6 +20,7 @@ import psycopg_pool
 from psycopg.rows import DictRow, dict_row
 
 from reconciler.errors import StoreError
+from reconciler.store.locations import PASSWORD_FILE_ENV, SCHEMES, is_postgres_url
 
 __all__ = [
     "ATTEMPTS",
@@ -36,21 +37,12 @@ __all__ = [
     "open_pool",
 ]
 
-#: names the file holding the password of the ``--state postgresql://…`` URL
-PASSWORD_FILE_ENV = "RECONCILER_STATE_PASSWORD_FILE"  # noqa: S105 - a variable's name
-SCHEMES = ("postgresql", "postgres")
 #: how often one transaction is tried when its connection is lost (the server restarted)
 ATTEMPTS = 4
 CONNECT_HINT = ("check that the server is up and reachable, that the database exists, and "
                 f"the user and password (URL, {PASSWORD_FILE_ENV}, PGPASSWORD)")
 
 Connection = psycopg.Connection[DictRow]
-
-
-def is_postgres_url(location: str) -> bool:
-    """Whether a ``--state`` value names a PostgreSQL database."""
-    scheme, sep, _ = location.partition("://")
-    return bool(sep) and scheme.lower() in SCHEMES
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,8 @@ DOWN_POOL_WAIT = 0.2
 class PostgresStore:
     """The PostgreSQL state store. Thread-safe; every public write is one transaction."""
 
+    shared = True
+
     def __init__(self, url: str, *, retention: int = 50, readonly: bool = False,
                  password_file: str | None = None, min_size: int = 1, max_size: int = 4,
                  timeout: float = 10.0, environ: Mapping[str, str] = os.environ) -> None:

@@ -25,6 +25,9 @@ class Store(Protocol):
 
     #: finished, superseded or orphaned intents kept per manifest name by :meth:`prune`
     retention: int
+    #: whether replicas share it (PostgreSQL): leadership by its advisory lock, and a
+    #: server that can go away under a running daemon
+    shared: bool
 
     # ------------------------------------------------------------------ reads
 

@@ -116,6 +116,8 @@ class Store:
     to recover).
     """
 
+    shared = False
+
     def __init__(self, path: str | Path, *, retention: int = 50, readonly: bool = False) -> None:
         """Open (creating and migrating) the store at ``path``; ``":memory:"`` for tests.
 
