@@ -22,7 +22,7 @@ def commands() -> tuple:  # type: ignore[type-arg]
 
 def test_a_plan_with_the_memo_is_the_plan_without_it_as_records_change() -> None:
     cmds = commands()
-    a, b, c, d, e, f, g = cmds
+    a, _, c, _, e, _, g = cmds
     memo = PlanMemo()
     stages = [
         recorded(),
@@ -57,4 +57,4 @@ def test_another_load_forgets_what_the_memo_kept() -> None:
     changed = (command("a", payload={"v": 2}),)
     result = plan(changed, recorded(in_sync(first[0], at=T0)), T0, memo=memo)
     assert result == plan(changed, recorded(in_sync(first[0], at=T0)), T0)
-    assert [a.kind for a in result.actions if a.name == "a"][0] == "submit"
+    assert next(a.kind for a in result.actions if a.name == "a") == "submit"
