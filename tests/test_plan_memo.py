@@ -58,3 +58,15 @@ def test_another_load_forgets_what_the_memo_kept() -> None:
     result = plan(changed, recorded(in_sync(first[0], at=T0)), T0, memo=memo)
     assert result == plan(changed, recorded(in_sync(first[0], at=T0)), T0)
     assert next(a.kind for a in result.actions if a.name == "a") == "submit"
+
+
+def test_a_new_load_keeps_what_belongs_to_its_unchanged_manifests() -> None:
+    memo = PlanMemo()
+    kept, changed = command("a"), command("b")
+    records = recorded(in_sync(kept, at=T0), in_sync(changed, at=T0))
+    plan((kept, changed), records, T0, memo=memo)
+    reload = (kept, command("b", payload={"v": 2}))
+    assert "a" in memo.settled
+    result = plan(reload, records, T0, memo=memo)
+    assert result == plan(reload, records, T0)
+    assert set(memo.settled) == {"a"}  # b's kept action was for its old command

@@ -2,11 +2,12 @@
 
 A daemon plans the same manifests over and over; most of them have no schedule and are
 settled (in sync, stalled, lost), so their intent and their action are the same objects as
-last time. A :class:`PlanMemo` keeps, for the manifests of one load (the same
-``desired`` sequence):
+last time. A :class:`PlanMemo` keeps, for each manifest (its very command object, which the
+loader keeps while its file is unchanged):
 
 - the intent of every manifest without a policy (it never depends on ``now``);
-- the dependencies-first order of the manifests that have dependencies;
+- the dependencies-first order of the manifests that have dependencies (for one load: the
+  same ``desired`` sequence);
 - the action and view of every settled manifest, keyed by the very record they came from
   (the store hands out the same record objects until a record changes).
 
@@ -41,12 +42,18 @@ class PlanMemo:
         default_factory=dict)
 
     def begin(self, commands: Sequence[ServiceCommand]) -> None:
-        """Start a plan of ``commands``: another load forgets everything kept."""
-        if commands is not self.commands:
-            self.commands = commands
-            self.constant = {}
-            self.order = None
-            self.settled = {}
+        """Start a plan of ``commands``. Another load keeps what belongs to its unchanged
+        manifests (the loader hands out the same command objects for unchanged files;
+        each kept value is checked against its command) and forgets the rest."""
+        if commands is self.commands:
+            return
+        self.commands = commands
+        self.order = None
+        current = {c.name: c for c in commands}
+        self.constant = {n: d for n, d in self.constant.items()
+                         if current.get(n) is d.command}
+        self.settled = {n: kept for n, kept in self.settled.items()
+                        if current.get(n) is kept[0].command}
 
     def desired(self, command: ServiceCommand, now: datetime,
                 not_before: str | None) -> Desired:

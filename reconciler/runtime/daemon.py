@@ -340,8 +340,10 @@ class Daemon:
             # Re-plan after executing (pure, no API calls): views and the next wake-up
             # must reflect what this pass just recorded (a pass that recorded nothing
             # keeps its plan).
+            # A trigger waiting (a webhook, a new file) means a load and a pass at once:
+            # their plan replaces this one within moments, so it is not made twice.
             unchanged = generation is not None and self.store.generation() == generation
-            self.plan = before if unchanged else engine.plan(load)
+            self.plan = before if unchanged or self._reasons else engine.plan(load)
             ok = engine.failed_actions == 0
         except CorruptStoreError as exc:
             log.error("store_damaged", error=str(exc))

@@ -92,6 +92,17 @@ def _carried(key: str, value: Any, rec: IntentRecord) -> Any:
     return value
 
 
+def _latest_of(records: Iterable[IntentRecord]) -> dict[str, IntentRecord]:
+    """The most recently changed record of every name (updated, then created), by name."""
+    latest: dict[str, IntentRecord] = {}
+    for rec in records:
+        shown = latest.get(rec.name)
+        if shown is None or (rec.updated_at, rec.created_at) >= (shown.updated_at,
+                                                                 shown.created_at):
+            latest[rec.name] = rec
+    return {name: latest[name] for name in sorted(latest)}
+
+
 def _update_operation(db: sqlite3.Connection, change: OperationChange) -> None:
     values: dict[str, Any] = {"status": str(change.status)}
     if change.operation_id is not None:
@@ -240,16 +251,19 @@ class Store:
         return _from_row(OperationRecord, row)
 
     def intents(self, *, include_retired: bool = False) -> dict[str, IntentRecord]:
-        """Recorded intents by spec hash (by default only those not retired)."""
-        key = _ALL if include_retired else _LIVE
-        query = ("SELECT * FROM intents ORDER BY name, created_at" if include_retired else
-                 "SELECT * FROM intents WHERE retired IS NULL ORDER BY name, created_at")
+        """Recorded intents by spec hash (by default only those not retired). Every read
+        of intents shares one decoded copy of the table (:meth:`_every_intent`)."""
+        if include_retired:
+            return dict(self._every_intent())
+        return dict(self._memoized(_LIVE, "the intents", lambda _db: {
+            h: r for h, r in self._every_intent().items() if r.retired is None}))
 
+    def _every_intent(self) -> dict[str, IntentRecord]:
         def read(db: sqlite3.Connection) -> dict[str, IntentRecord]:
-            rows = db.execute(query).fetchall()
+            rows = db.execute("SELECT * FROM intents ORDER BY name, created_at").fetchall()
             return {row["spec_hash"]: self._intent(row) for row in rows}
 
-        return dict(self._memoized(key, "the intents", read))
+        return self._memoized(_ALL, "the intents", read)
 
     def intent(self, spec_hash: str) -> IntentRecord | None:
         with self._reading("an intent") as db:
@@ -268,13 +282,8 @@ class Store:
 
     def latest_by_name(self) -> dict[str, IntentRecord]:
         """The most recently changed intent of every manifest name ever recorded."""
-        def read(db: sqlite3.Connection) -> dict[str, IntentRecord]:
-            rows = db.execute(
-                "SELECT * FROM intents ORDER BY name, updated_at, created_at"
-            ).fetchall()
-            return {row["name"]: self._intent(row) for row in rows}
-
-        return dict(self._memoized("latest", "the intents", read))
+        return dict(self._memoized("latest", "the intents",
+                                   lambda _db: _latest_of(self._every_intent().values())))
 
     def operations(self, *, name: str | None = None) -> list[OperationRecord]:
         """Operations (attempts), oldest first; optionally of one manifest."""
