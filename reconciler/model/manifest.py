@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -155,7 +156,8 @@ class ServiceCommand:
             rerun=self.rerun,
             window=window,
         )
-        cached = (text, spec_hash(text))
+        # interned: the state store's records of this intent share the same two strings
+        cached = (sys.intern(text), sys.intern(spec_hash(text)))
         if len(self._intents) >= _INTENT_CACHE_WINDOWS:  # windows only move forward
             self._intents.clear()
         self._intents[window] = cached

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import yaml
@@ -29,13 +29,18 @@ _FAST_MAX_FLOW = 1000
 _FAST_MAX_PAYLOAD_DEPTH = 50
 
 
+#: the text of a file again, when a line is asked for (None: it changed since)
+Reread = Callable[[], str | None]
+
+
 class _LazyLocated(Located):
     """The lines of one fast-path document, computed (by composing its file again) only
-    when a problem asks for one."""
+    when a problem asks for one. A file's text is read again then (``reread``) rather
+    than kept: at 10,000 manifests the texts are 4 MiB that nothing else needs."""
 
-    def __init__(self, text: str, file: str, line: int, index: int) -> None:
+    def __init__(self, text: str | Reread, file: str, line: int, index: int) -> None:
         super().__init__()
-        self._source: tuple[str, str, int, int] | None = (text, file, line, index)
+        self._source: tuple[str | Reread, str, int, int] | None = (text, file, line, index)
 
     def line_of(self, path: Sequence[str | int], *, key: bool = False) -> int:
         if self._source is not None:
@@ -44,8 +49,11 @@ class _LazyLocated(Located):
 
     def _resolve(self) -> None:
         assert self._source is not None
-        text, file, line, index = self._source
+        source, file, line, index = self._source
         self._source = None
+        text = source if isinstance(source, str) else source()
+        if text is None:
+            return  # the file changed since it was loaded: its lines are not known
         raw = [item for item in compose(text, file) if isinstance(item, RawDocument)]
         found = next((d for d in raw if d.line == line), None)
         if found is None and index < len(raw):  # pragma: no cover - same parser, same lines
@@ -111,9 +119,10 @@ if getattr(yaml, "__with_libyaml__", False):
     _FastLoader = _CFastLoader
 
 
-def _parse_fast(file: str, text: str) -> _Parsed | None:
+def _parse_fast(file: str, text: str, reread: Reread | None = None) -> _Parsed | None:
     """The file through libyaml straight to values, every document surely valid for the
-    schema; None when anything needs the full path."""
+    schema; None when anything needs the full path. ``reread``: the text again later (for
+    a problem's line), instead of keeping it."""
     if (_FastLoader is None or len(text) > _FAST_MAX_CHARS or "&" in text or "!" in text
             or "<<" in text or text.count("[") + text.count("{") > _FAST_MAX_FLOW):
         return None
@@ -135,7 +144,7 @@ def _parse_fast(file: str, text: str) -> _Parsed | None:
     docs = []
     for index, (line, data) in enumerate(found):
         name = data["metadata"]["name"]
-        located = _LazyLocated(text, file, line, index)
+        located = _LazyLocated(reread or text, file, line, index)
         command, problems = build(RawDocument(file, line, data, located), name)
         docs.append(_Doc(file, name, located, (), (command, tuple(problems)),
                          raw_depends_on(data) if command is None else ()))

@@ -39,6 +39,7 @@ from reconciler.collector import collections_paused
 from reconciler.errors import Problem
 from reconciler.model.manifest import LoadResult, ServiceCommand
 from reconciler.source.composer import UNNAMED, Located, compose, show
+from reconciler.source.fast_path import Reread
 from reconciler.source.fast_path import _parse_fast as _parse_fast
 from reconciler.source.fast_path import _surely_valid as _surely_valid
 from reconciler.source.files import MAX_FILES, FileEntry, file_stat, list_files, read_bounded
@@ -74,9 +75,25 @@ _FREEZE_AFTER = 1000
 # ------------------------------------------------------------------ one file
 
 
-def _parse_file(file: str, text: str) -> _Parsed:
-    fast = _parse_fast(file, text)
+def _parse_file(file: str, text: str, reread: Reread | None = None) -> _Parsed:
+    fast = _parse_fast(file, text, reread)
     return fast if fast is not None else _parse_full(file, text)
+
+
+def _rereader(path: str, digest: bytes) -> Reread:
+    """The text of the file at ``path`` when it still has ``digest`` (None: it changed,
+    or cannot be read or decoded now)."""
+    def reread() -> str | None:
+        try:
+            with open(path, "rb") as file:  # bounded as the load was
+                data = file.read(MAX_FILE_BYTES + 1)
+            if len(data) > MAX_FILE_BYTES or hashlib.sha256(data).digest() != digest:
+                return None
+            return data.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    return reread
 
 
 def _parse_full(file: str, text: str) -> _Parsed:
@@ -365,4 +382,5 @@ def _file(entry: FileEntry, known: _FileMemo | None) -> _FileMemo | Problem:
     text = _decode(entry.display, data)
     if isinstance(text, Problem):
         return text
-    return _FileMemo(entry.path, stat, trusted, digest, _parse_file(entry.display, text))
+    return _FileMemo(entry.path, stat, trusted, digest,
+                     _parse_file(entry.display, text, _rereader(entry.path, digest)))

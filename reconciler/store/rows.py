@@ -15,6 +15,7 @@ as JSON replaced by a marker with its size (``{"truncated": true, "bytes": N, ..
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
@@ -129,10 +130,17 @@ def _decoders(cls: type[IntentRecord | OperationRecord | Epoch],
             return to_datetime
         if name in JSON_COLUMNS:
             return from_json
-        return status if name == "status" else None
+        return status if name == "status" else _interned
 
     return tuple((name, decoder(name)) for name in columns(cls))
 
+
+
+def _interned(raw: Any) -> Any:
+    """A text column as one shared string: thousands of records repeat the same service,
+    command and revision, and a record's canonical intent and spec hash are its
+    command's (interned there too)."""
+    return sys.intern(raw) if type(raw) is str else raw
 
 
 def operation_status(raw: str) -> str:
