@@ -112,3 +112,18 @@ def test_the_trace_sees_selects(store: Store) -> None:
     store.intents()
     assert seen
     assert isinstance(store._db, sqlite3.Connection)
+
+
+def test_a_carried_record_is_the_one_reading_it_back_gives(store: Store) -> None:
+    """The store bounds what it keeps (a 900 KiB error detail is cut): a kept read holds
+    the record as stored, not as it was handed to :meth:`Store.save`."""
+    ledger = Ledger(store)
+    a = wants(1)[0]
+    ledger.submitted(a, T0)
+    ledger.accepted(a, T0)
+    store.intents()
+    ledger.failed(a, T0 + MINUTE, retry_at=None, title="Boom" + "d" * (900 * 1024))
+    kept = store.intents()[a.spec_hash]
+    with fresh(store) as other:
+        assert kept == other.intents()[a.spec_hash]
+    assert len(str(kept.last_error)) < 10_000

@@ -361,7 +361,8 @@ class Store:
         reads kept from just before it up to date with the saved record instead of
         reading them again; what cannot be carried (a removal) is read again."""
         after = self.generation()
-        rec = step.record
+        # the record as reading it back gives it (JSON columns bounded, times as stored)
+        rec = None if step.record is None else _from_row(IntentRecord, _to_row(step.record))
         for key, (generation, value) in list(self._memo.items()):
             if generation != before:
                 continue  # out of date already
