@@ -88,9 +88,9 @@ class Served:
 
     async def reload(self) -> None:
         """SIGHUP: a pass now, and wait for it (the plan is made after the load)."""
-        plan = self.daemon.plan
+        passes = self.daemon.passes
         self.daemon.trigger("SIGHUP")
-        await until(lambda: self.daemon.plan is not plan, what="a pass after SIGHUP")
+        await until(lambda: self.daemon.passes > passes, what="a pass after SIGHUP")
 
 
 async def until(predicate: Callable[[], Any], *, timeout: float = 10,

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -165,3 +166,23 @@ async def test_an_operation_whose_next_look_is_far_is_left_to_the_next_pass(rig:
     await rig.engine.reconcile(rig.load(), budget=20.0)
     assert time.monotonic() - started < 1.0  # the first look is 5 s away: not waited for
     assert rig.states() == {IntentState.PENDING: 1}
+
+
+async def test_an_unchanged_load_on_an_unchanged_store_is_not_planned_again(rig: Rig) -> None:
+    write_manifests(rig.manifests, quick(3))
+    load = rig.load()
+    first = rig.engine.plan(load)
+    assert rig.engine.plan(load) is first
+    await rig.engine.reconcile(load)  # records claims: the store changed
+    assert rig.engine.plan(load) is not first
+
+
+async def test_a_kept_plan_is_made_again_once_its_wake_up_comes(rig: Rig) -> None:
+    write_manifests(rig.manifests, quick(1, command="hang"))
+    load = rig.load()
+    await rig.engine.reconcile(load)
+    kept = rig.engine.plan(load)
+    assert kept.wake_at is not None  # its next poll
+    assert rig.engine.plan(load, kept.wake_at - timedelta(microseconds=1)) is kept
+    again = rig.engine.plan(load, kept.wake_at)
+    assert again is not kept and [a.kind for a in again.executable] == ["poll"]

@@ -4,6 +4,7 @@ plan made without it, whatever changed in between; only the work is saved."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import timedelta
 
 from plan_support import T0, command, failed, in_sync, minutes, pending, recorded, stalled
 
@@ -70,3 +71,45 @@ def test_a_new_load_keeps_what_belongs_to_its_unchanged_manifests() -> None:
     result = plan(reload, records, T0, memo=memo)
     assert result == plan(reload, records, T0)
     assert set(memo.settled) == {"a"}  # b's kept action was for its old command
+
+
+# ------------------------------------------------------------------ wake_at
+
+
+def _scenarios() -> list[tuple[str, tuple, dict]]:  # type: ignore[type-arg]
+    from plan_support import submitting
+
+    from reconciler.model.manifest import Schedule
+
+    nightly = Schedule(cron="0 3 * * *", timezone="UTC", starting_deadline=minutes(60))
+    a, b, c = command("a"), command("b", depends_on=["a"]), command("c")
+    night = command("n", policy=nightly)
+    hourly = command("h", policy=Interval(every=minutes(60)))
+    return [
+        ("pending", (a,), recorded(pending(a, at=T0, poll_at=T0 + minutes(2)))),
+        ("submitting", (a,), recorded(submitting(a, at=T0, lookup_at=T0 + minutes(1)))),
+        ("backoff", (a,), recorded(failed(a, at=T0, retry_at=T0 + minutes(3)))),
+        ("waiting on a pending dependency", (a, b),
+         recorded(pending(a, at=T0, poll_at=T0 + minutes(5)),
+                  failed(b, at=T0 - minutes(20), retry_at=T0 - minutes(1)))),
+        ("capacity", (a, c, night), recorded(pending(a, at=T0, poll_at=T0 + minutes(9)))),
+        ("a schedule", (night, hourly), recorded()),
+        ("settled", (a, c), recorded(in_sync(a, at=T0), stalled(c, at=T0))),
+    ]
+
+
+def test_until_wake_at_the_same_inputs_give_the_same_plan() -> None:
+    """What lets the engine keep its last plan while nothing changed: every moment at
+    which a plan could change is in its ``wake_at``."""
+    one = Limits(max_in_flight=1, max_per_service=1)
+    for label, cmds, records in _scenarios():
+        for start in (T0, T0.replace(hour=3, minute=40), T0 + minutes(61)):
+            first = plan(cmds, records, start, limits=one)
+            if first.wake_at is None:
+                moments = [start + minutes(m) for m in (1, 60, 600)]
+            else:
+                span = first.wake_at - start
+                moments = [start + span * f for f in (0.25, 0.5, 0.999)]
+                moments.append(first.wake_at - timedelta(microseconds=1))
+            for moment in moments:
+                assert plan(cmds, records, moment, limits=one) == first, (label, start, moment)

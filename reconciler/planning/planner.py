@@ -15,7 +15,8 @@ deadline rules are :mod:`reconciler.planning.policy`.
    its source cannot be trusted to say it is gone: :func:`_plan_held`) keeps its state,
    the others are followed and retired (:func:`_plan_leftover`);
 5. a view for every held manifest with no record (``invalid``);
-6. the plan, with the earliest future moment at which it could change.
+6. the plan, with the earliest future moment at which it could change (``wake_at``:
+   until then, the same inputs give the same plan; the engine relies on it).
 """
 
 from __future__ import annotations
@@ -238,9 +239,11 @@ def _plan_failed(s: _Situation, capacity: Capacity, draft: _Draft, want: Desired
     elif (why := s.waiting_on(want)) is not None:
         draft.add(Action("wait-dependency", name, h, why),
                   View(name, IntentState.FAILED, why, h, settled=s.deps.is_parked(name)))
+        draft.wake(policy.deadline(rec, cmd))  # while it waits, its deadline may pass
     else:
         _start(capacity, draft, "retry", want, rec.attempts,
-               f"attempt {rec.attempts + 1} of {policy.attempts_allowed(rec, cmd)}")
+               f"attempt {rec.attempts + 1} of {policy.attempts_allowed(rec, cmd)}",
+               waits_until=policy.deadline(rec, cmd))
 
 
 def _plan_new(s: _Situation, capacity: Capacity, draft: _Draft, want: Desired) -> None:
@@ -258,16 +261,20 @@ def _plan_new(s: _Situation, capacity: Capacity, draft: _Draft, want: Desired) -
     elif (why := s.waiting_on(want)) is not None:
         draft.add(Action("wait-dependency", name, h, why),
                   View(name, IntentState.WAITING, why, h, settled=s.deps.is_parked(name)))
+        draft.wake(want.misses_at)  # while it waits, its tick may become missed
     else:
         window = f" for window {want.window}" if want.window else ""
-        _start(capacity, draft, "submit", want, 0, f"new intent{window}")
+        _start(capacity, draft, "submit", want, 0, f"new intent{window}",
+               waits_until=want.misses_at)
 
 
 def _start(capacity: Capacity, draft: _Draft, kind: ActionKind, want: Desired,
-           attempt: int, reason: str) -> None:
-    """Submit or retry ``want`` as ``attempt`` if the in-flight limits allow it."""
+           attempt: int, reason: str, *, waits_until: datetime | None) -> None:
+    """Submit or retry ``want`` as ``attempt`` if the in-flight limits allow it; held back,
+    the plan wakes at ``waits_until`` (when waiting would change what to do)."""
     service = want.command.service.label
     if not capacity.try_take(service):
+        draft.wake(waits_until)
         draft.add(Action("wait-capacity", want.name, want.spec_hash, capacity.describe(service),
                          attempt=attempt),
                   View(want.name, IntentState.WAITING, "in-flight limit reached", want.spec_hash))

@@ -20,6 +20,8 @@ __all__ = ["EPOCH", "Desired", "desired_intent"]
 
 #: interval windows are aligned to the Unix epoch
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: the smallest step of a datetime: "strictly after" as a moment
+_INSTANT = timedelta(microseconds=1)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,8 @@ class Desired:
     missed: bool = False
     #: when the next window starts (interval and schedule policies)
     next_window: datetime | None = None
+    #: when this window's tick becomes missed (schedule policies, not missed yet)
+    misses_at: datetime | None = None
 
     @property
     def name(self) -> str:
@@ -61,7 +65,7 @@ def desired_intent(command: ServiceCommand, now: datetime,
     Time only moves forward for a manifest: ``not_before`` is the latest window already
     recorded for it, and a window before it (a clock set back) is never asked for again:
     the recorded one stays the intent."""
-    window, missed, next_window = "", False, None
+    window, missed, next_window, misses_at = "", False, None, None
     policy = command.policy
     if isinstance(policy, Interval):
         start = _window_start(policy.every, now, not_before)
@@ -75,10 +79,12 @@ def desired_intent(command: ServiceCommand, now: datetime,
             next_window = _next_tick(policy.cron, zone, max(now, tick))
         window = _iso(tick)
         missed = now - tick > policy.starting_deadline
+        if not missed:  # missed once past the deadline: a moment the plan must wake for
+            misses_at = tick + policy.starting_deadline + _INSTANT
     # computed once per window and kept with the command: a pass over an unchanged tree
     # hashes nothing
     return Desired(command, command.spec_hash(window), command.canonical_intent(window),
-                   window, missed, next_window)
+                   window, missed, next_window, misses_at)
 
 
 def _window_start(every: timedelta, now: datetime, not_before: str | None) -> datetime:

@@ -111,6 +111,8 @@ class Daemon:
         self.on_listening = on_listening
         self.load: LoadResult | None = None
         self.plan: Plan | None = None
+        #: reconcile passes made since start (one more once a pass recorded its plan)
+        self.passes = 0
         self.exit_code = 0
         self.store: StateStore | None = None
         self.metrics: Metrics | None = None
@@ -128,6 +130,9 @@ class Daemon:
         self._memory: SourceMemory | None = None
         #: the verdict on the last load (held manifests, whether orphaning is withheld)
         self.verdict: Continuity | None = None
+        #: the source's last result as it gave it, and the store's generation then
+        self._raw_load: LoadResult | None = None
+        self._raw_generation: object = None
         self._source_error: str | None = None
         self._no_tree_retry = NO_TREE_RETRY
         self._no_tree_poke_at = 0.0
@@ -354,6 +359,7 @@ class Daemon:
         except (TimeoutError, ReconcilerError) as exc:
             ok = False
             log.error("reconcile_failed", error=str(exc), error_type=type(exc).__name__)
+        self.passes += 1
         # a poll that saw "pending" records its time (no generation: transitions only)
         self.pacer.passed(ok=ok, transitions_before=transitions,
                           recorded=(self.store.generation() != generation if generation

@@ -53,6 +53,13 @@ def load_source(daemon: Daemon, reasons: Sequence[str]) -> None:
         daemon.metrics.source_seen(daemon.source.status())
         return
     daemon._source_error = None
+    generation = daemon.store.generation()
+    if load is daemon._raw_load and generation is not None and generation == daemon._raw_generation:
+        # the very tree of the last load (the loader hands back its result) on a store
+        # that did not change: the same verdict, the same series; only freshness moved
+        daemon.metrics.source_seen(daemon.source.status())
+        return
+    daemon._raw_load, daemon._raw_generation = load, generation
     records = daemon.store.intents()
     verdict = continuity(daemon._memory, load, allow_empty=daemon.settings.allow_empty,
                          recorded={r.name for r in records.values()})

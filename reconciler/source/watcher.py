@@ -137,9 +137,13 @@ class SourceWatcher:
         return self._content_digest(real, listing) != self.content
 
     def mark(self) -> None:
-        """Remember the current content as loaded."""
+        """Remember the current content as loaded (hashed again only when names, sizes
+        or mtimes moved, as :meth:`changed` decides)."""
         real, listing = self._listing()
-        self._stat = self._stat_digest(real, listing)
+        stat = self._stat_digest(real, listing)
+        if stat == self._stat and self.content:
+            return
+        self._stat = stat
         self.content = self._content_digest(real, listing)
 
     # ------------------------------------------------------------------ when to look
