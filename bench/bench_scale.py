@@ -13,8 +13,9 @@ For each size (default 1 000, 10 000, 50 000), in a fresh process of its own:
    (``time.process_time``) and API calls counted by the emulator (``GET /_emulator/requests``);
 4. one ``/metrics`` scrape (``Daemon.exposition``), CPU seconds;
 5. ``plan()`` alone (the commands and records in memory, nothing kept from an earlier
-   plan) and ``Engine.plan``, what a pass runs (its store's kept reads and the plan memo
-   of the same load);
+   plan), and ``Engine.plan`` as a pass runs it: on an unchanged store (the last plan
+   kept), and after one record changed (two transitions saved: the store's kept reads
+   carry them, the plan memo keeps every other manifest's action);
 6. the daemon's peak RSS (``ru_maxrss`` once its loads, passes and scrapes ran, before the
    ``plan()`` measurements, which hold several plans at once).
 
@@ -62,6 +63,17 @@ def seed(folder: Path, state: Path, size: int) -> None:
     with Store(state) as store:
         backdated_epoch(store)
         seed_in_sync(store, commands(docs), now=utcnow())
+
+
+def _plan_after_a_change(engine: Any, load: Any) -> Any:
+    """``Engine.plan`` after one record changed (retired, then asked for again: two
+    transitions saved), what a pass plans once something happened."""
+    from reconciler.model.lifecycle import Retired, Revived
+
+    rec = next(iter(engine.store.intents().values()))
+    retired = engine.record(rec, Retired("orphaned", "bench"))
+    engine.record(retired, Revived())
+    return engine.plan(load)
 
 
 def floor(files: list[Path]) -> float:
@@ -153,6 +165,8 @@ async def measure(size: int, passes: int) -> dict[str, Any]:
                 load = daemon.load
                 out["engine_plan_s"], _ = best_of(lambda: engine.plan(load), min_runs=3,
                                                   min_time=0.5)
+                out["engine_plan_changed_s"], _ = best_of(
+                    lambda: _plan_after_a_change(engine, load), min_runs=3, min_time=0.5)
                 records = daemon.store.intents()
                 now = utcnow()
                 out["store_intents_s"], _ = best_of(daemon.store.intents, min_runs=3,

@@ -173,9 +173,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     if s10:
         rows.append((f"plan() at {s10['size']:,} intents (verdict on what a pass runs)",
                      "≤ 100 ms", "370 ms",
-                     f"Engine.plan, as a pass runs it (kept store reads, the plan memo of the "
-                     f"load): {s10['engine_plan_s'] * 1e3:.0f} ms; plan() from nothing: "
-                     f"{s10['plan_s'] * 1e3:.0f} ms", ok(s10["engine_plan_s"] <= 0.1)))
+                     f"Engine.plan as a pass runs it, after one record changed (kept store "
+                     f"reads, the plan memo): {s10['engine_plan_changed_s'] * 1e3:.0f} ms; "
+                     f"nothing changed (the last plan kept): "
+                     f"{s10['engine_plan_s'] * 1e3:.1f} ms; plan() from nothing: "
+                     f"{s10['plan_s'] * 1e3:.0f} ms", ok(s10["engine_plan_changed_s"] <= 0.1)))
     cd, cb, cf, cl = (r.get("converge_default", {}), r.get("converge_before", {}),
                       r.get("converge_fresh", {}), r.get("converge_learnt", {}))
     rows.append(("API calls per operation (steady state: epoch past its settle window, "

@@ -330,6 +330,8 @@ class Store:
         a compare-and-set: False (nothing written) when the stored record is no longer
         the version the step was computed from (another process moved it first)."""
         with self._lock:
+            if not self._memo:  # nothing kept to carry the record into
+                return self._save(step)
             before = self.generation()
             if not self._save(step):
                 return False
