@@ -430,6 +430,8 @@ class Daemon:
             # continues from the store.
             log.warning("leadership_lost",
                         action="standing by; the advisory lock is tried again")
+            if self.engine is not None:
+                self.engine.close_pass()  # nothing more started from its queue
         else:
             log.error("leadership_lost", action="exiting; the pod restarts as a standby")
             self.exit_code = 1
