@@ -81,8 +81,9 @@ class Pass:
         follow-ups, until no step is left. The first unexpected error is raised once
         the others ended."""
         for action in self.plan.executable:
-            if action.kind in ("submit", "retry"):
-                self._hold(action)
+            want = self.plan.desired.get(action.name)
+            if action.kind in ("submit", "retry") and want is not None:
+                self._hold(action.spec_hash, want.command.service.label)
             self._spawn(action)
         if self.budget is not None:
             self._enqueue(self.plan.queued)
@@ -102,9 +103,9 @@ class Pass:
         now = after is not None and after.in_flight
         if now and not was and after is not None:
             if self._held.pop(spec_hash, None) is None:
-                self._take(after.service)
+                self._slots.take(after.service)
         elif was and not now and before is not None:
-            self._free(before.service)
+            self._slots.free(before.service)
             self._refill()
 
     # ------------------------------------------------------------------ steps
@@ -130,7 +131,7 @@ class Pass:
             step = await self._follow_up(step.spec_hash)
         service = self._held.pop(action.spec_hash, None)
         if service is not None:
-            self._free(service)
+            self._slots.free(service)
         self._refill()
 
     async def _follow_up(self, spec_hash: str) -> Action | None:
@@ -177,20 +178,10 @@ class Pass:
 
     # ------------------------------------------------------------------ slots
 
-    def _hold(self, action: Action) -> None:
-        want = self.plan.desired.get(action.name)
-        if want is not None:
-            service = want.command.service.label
-            self._held[action.spec_hash] = service
-            self._take(service)
-
-    def _take(self, service: str) -> None:
-        self._slots.load += 1
-        self._slots.per_service[service] += 1
-
-    def _free(self, service: str) -> None:
-        self._slots.load = max(0, self._slots.load - 1)
-        self._slots.per_service[service] = max(0, self._slots.per_service[service] - 1)
+    def _hold(self, spec_hash: str, service: str) -> None:
+        """A start takes a slot on ``service`` until it claims it (or comes to nothing)."""
+        self._held[spec_hash] = service
+        self._slots.take(service)
 
     def _enqueue(self, starts: tuple[Action, ...]) -> None:
         for index, action in enumerate(starts):
@@ -204,18 +195,12 @@ class Pass:
         """Start held-back starts, in plan order, while the limits have room."""
         while self.open and self.submit and self._queue:
             ready = [(q[0][0], service) for service, q in self._queue.items()
-                     if self._room(service)]
+                     if self._slots.has_room(service)]
             if not ready:
                 return
             _, service = min(ready)
             _, action = self._queue[service].popleft()
             if not self._queue[service]:
                 del self._queue[service]
-            self._held[action.spec_hash] = service
-            self._take(service)
+            self._hold(action.spec_hash, service)
             self._spawn(action)
-
-    def _room(self, service: str) -> bool:
-        limits = self._slots.limits
-        return (self._slots.load < limits.max_in_flight
-                and self._slots.per_service[service] < limits.max_per_service)

@@ -37,15 +37,29 @@ class Capacity:
         in_flight = [r for r in records if r.in_flight]
         return cls(limits, len(in_flight), Counter(r.service for r in in_flight))
 
+    def has_room(self, service: str) -> bool:
+        """Whether both limits allow one more on ``service`` (``load <`` max in flight and
+        the service's count ``<`` max per service)."""
+        return (self.load < self.limits.max_in_flight
+                and self.per_service[service] < self.limits.max_per_service)
+
     def try_take(self, service: str) -> bool:
-        """Take one slot on ``service`` if both limits allow it (``load <`` max in flight
-        and the service's count ``<`` max per service); False, and nothing taken, if not."""
-        if (self.load >= self.limits.max_in_flight
-                or self.per_service[service] >= self.limits.max_per_service):
+        """Take one slot on ``service`` if :meth:`has_room`; False, and nothing taken,
+        if not."""
+        if not self.has_room(service):
             return False
+        self.take(service)
+        return True
+
+    def take(self, service: str) -> None:
+        """Count one more in flight on ``service`` (whatever the limits say)."""
         self.load += 1
         self.per_service[service] += 1
-        return True
+
+    def free(self, service: str) -> None:
+        """One fewer in flight on ``service``."""
+        self.load = max(0, self.load - 1)
+        self.per_service[service] = max(0, self.per_service[service] - 1)
 
     def describe(self, service: str) -> str:
         """Why a start on ``service`` must wait: the counts and limits."""
