@@ -199,16 +199,20 @@ class Engine:
 
     def plan(self, load: LoadResult, now: datetime | None = None) -> Plan:
         """What a reconcile would do now; reads the store only."""
-        generation = self.store.generation()
-        return self._plan(load, self.store.intents(), generation, now)
+        return self._read_and_plan(load, now)[1]
+
+    def _read_and_plan(self, load: LoadResult, now: datetime | None = None,
+                       ) -> tuple[dict[str, IntentRecord], Plan]:
+        """The store's records and the plan of ``load`` on them. The last plan is the
+        plan while its inputs are the same (the same load, a store that did not change)
+        and its ``wake_at`` has not come: nothing is planned then (a steady pass over
+        50,000 manifests plans nothing)."""
+        generation = self.store.generation()  # before the read: a change meanwhile shows
+        recorded = self.store.intents()
+        return recorded, self._plan(load, recorded, generation, now or self.clock())
 
     def _plan(self, load: LoadResult, recorded: Mapping[str, IntentRecord],
-              generation: object, now: datetime | None = None) -> Plan:
-        """The plan of ``load`` on ``recorded`` (read at the store's ``generation``, or
-        after it). The last plan is the plan while its inputs are the same (the same
-        load, a store that did not change) and its ``wake_at`` has not come: nothing is
-        planned then (a steady pass over 50,000 manifests plans nothing)."""
-        now = now or self.clock()
+              generation: object, now: datetime) -> Plan:
         last = self._last_plan
         if (last is not None and generation is not None and last.load is load
                 and last.generation == generation and last.made_at <= now
@@ -230,16 +234,12 @@ class Engine:
         (:mod:`~reconciler.execution.passes`); :meth:`close_pass` ends it sooner."""
         self.protocol.new_pass()
         self.failed_actions = 0
-        generation = self.store.generation()
-        recorded = self.store.intents()
-        current = self._plan(load, recorded, generation)
+        recorded, current = self._read_and_plan(load)
         if self.epoch is not None and self.epoch.adopted_at is None:
             if not await self._adoption(current, recorded, load.revision):
                 self.failed_actions += 1
                 submit = False
-            generation = self.store.generation()
-            recorded = self.store.intents()
-            current = self._plan(load, recorded, generation)
+            recorded, current = self._read_and_plan(load)
 
         async def execute(action: Action, rec: IntentRecord | None) -> bool:
             return await self._execute(action, current, rec, load.revision, submit)
