@@ -194,8 +194,9 @@ def test_a_loaded_file_keeps_no_text_for_its_lines(tmp_path: Path) -> None:
 def test_a_line_asked_for_after_the_file_changed_on_disk_is_not_made_up(
         tmp_path: Path) -> None:
     write(tmp_path / "b.yaml", manifest("b", "  dependsOn: [a]\n"))
+    (entry,) = loader.list_files(tmp_path).entries
     result = loader._parse_file("b.yaml", (tmp_path / "b.yaml").read_text(),
-                                loader._rereader(str(tmp_path / "b.yaml"), b"other digest"))
+                                loader._rereader(entry, b"other digest"))
     assert result.docs[0].located.line_of(["spec", "dependsOn", 0]) == 1
 
 

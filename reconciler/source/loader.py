@@ -80,17 +80,16 @@ def _parse_file(file: str, text: str, reread: Reread | None = None) -> _Parsed:
     return fast if fast is not None else _parse_full(file, text)
 
 
-def _rereader(path: str, digest: bytes) -> Reread:
-    """The text of the file at ``path`` when it still has ``digest`` (None: it changed,
-    or cannot be read or decoded now)."""
+def _rereader(entry: FileEntry, digest: bytes) -> Reread:
+    """The text of the listed file when it still has ``digest`` (None: it changed, or
+    cannot be read or decoded now), read as the load read it."""
     def reread() -> str | None:
         try:
-            with open(path, "rb") as file:  # bounded as the load was
-                data = file.read(MAX_FILE_BYTES + 1)
-            if len(data) > MAX_FILE_BYTES or hashlib.sha256(data).digest() != digest:
+            data = read_bounded(entry, MAX_FILE_BYTES)
+            if isinstance(data, int) or hashlib.sha256(data).digest() != digest:
                 return None
             return data.decode("utf-8")
-        except (OSError, UnicodeDecodeError):
+        except (OSError, ValueError):  # UnicodeDecodeError is a ValueError
             return None
 
     return reread
@@ -383,4 +382,4 @@ def _file(entry: FileEntry, known: _FileMemo | None) -> _FileMemo | Problem:
     if isinstance(text, Problem):
         return text
     return _FileMemo(entry.path, stat, trusted, digest,
-                     _parse_file(entry.display, text, _rereader(entry.path, digest)))
+                     _parse_file(entry.display, text, _rereader(entry, digest)))
