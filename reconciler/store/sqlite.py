@@ -68,25 +68,16 @@ _LIVE = "live intents"
 
 
 def _carried(key: str, value: Any, rec: IntentRecord) -> Any:
-    """A kept read with ``rec`` (just saved) in it, as reading it again would give it
-    (a new intent last, in either order); None: this read must be made again."""
-    if key == _ALL or (key == _LIVE and rec.retired is None):
+    """A kept SQL read with ``rec`` (just saved) in it, as reading it again would give it
+    (a new intent last); None: this read must be made again (a read derived from the
+    table is made again from the carried table, without SQL)."""
+    if key == _ALL:
         value[rec.spec_hash] = rec
-    elif key == _LIVE:
-        value.pop(rec.spec_hash, None)
     elif key == "names":
         value = value | {rec.name}
     elif key == "windows":
         if rec.window and rec.window > value.get(rec.name, ""):
             value[rec.name] = rec.window
-    elif key == "latest":
-        shown = value.get(rec.name)
-        newer = shown is None or (rec.updated_at, rec.created_at) >= (
-            shown.updated_at, shown.created_at)
-        if not newer and shown.spec_hash == rec.spec_hash:
-            return None  # the latest moved back in time: another record may be latest now
-        if newer:
-            value[rec.name] = rec
     else:
         return None
     return value
