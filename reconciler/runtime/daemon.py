@@ -157,8 +157,12 @@ class Daemon:
             self.source.poke()
         self._reasons.append(reason)
         self._wake.set()
+        self._end_pass()  # the pass ends with its running steps; then a load
+
+    def _end_pass(self) -> None:
+        """The running pass starts nothing more; its running steps finish and record."""
         if self.engine is not None:
-            self.engine.close_pass()  # the pass ends with its running steps; then a load
+            self.engine.close_pass()
 
     @property
     def stopped(self) -> bool:
@@ -171,8 +175,7 @@ class Daemon:
             log.info("stopping", grace_period=self.settings.grace_period)
         self._stopping = True
         self._wake.set()
-        if self.engine is not None:
-            self.engine.close_pass()
+        self._end_pass()
 
     # ------------------------------------------------------------------ surface
 
@@ -344,11 +347,10 @@ class Daemon:
             before = task.result()
             # Re-plan after executing (pure, no API calls): views and the next wake-up
             # must reflect what this pass just recorded (a pass that recorded nothing
-            # keeps its plan).
-            # A trigger waiting (a webhook, a new file) means a load and a pass at once:
-            # their plan replaces this one within moments, so it is not made twice.
-            unchanged = generation is not None and self.store.generation() == generation
-            self.plan = before if unchanged or self._reasons else engine.plan(load)
+            # gets its plan back: the engine keeps it). A trigger waiting (a webhook, a
+            # new file) means a load and a pass at once: their plan replaces this one
+            # within moments, so it is not made twice.
+            self.plan = before if self._reasons else engine.plan(load)
             ok = engine.failed_actions == 0
         except CorruptStoreError as exc:
             log.error("store_damaged", error=str(exc))
@@ -430,8 +432,7 @@ class Daemon:
             # continues from the store.
             log.warning("leadership_lost",
                         action="standing by; the advisory lock is tried again")
-            if self.engine is not None:
-                self.engine.close_pass()  # nothing more started from its queue
+            self._end_pass()  # nothing more started from its queue
         else:
             log.error("leadership_lost", action="exiting; the pod restarts as a standby")
             self.exit_code = 1
